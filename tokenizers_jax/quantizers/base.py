@@ -1,0 +1,162 @@
+"""The one interface every quantizer satisfies, and shared module helpers.
+
+A quantizer is an `nnx.Module` called as `q(x, train=..., mask=None)` on
+inputs of shape [..., dim] and returning a `QuantizerOutput`. `q.encode(x)`
+returns the indices and `q.decode(indices)` returns exactly what `quantized`
+was in eval mode.
+
+Dimension legend:
+  ...: any leading (batch / position) axes; N = their product
+  D: the input feature dimension (`dim`)
+  G: the trailing index axis of multi-code quantizers (levels, factors, groups)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+from flax import nnx
+import jax
+from jax.experimental import checkify
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@flax.struct.dataclass
+class QuantizerOutput:
+  """What every quantizer returns.
+
+  Attributes:
+    quantized: [..., D], the input's dtype; straight-through in training.
+    indices: int32 [...] (single code) or [..., G] (multi-code quantizers).
+    loss: fp32 scalar, the weighted sum of the auxiliary losses.
+    metrics: dict of fp32 scalars: each unweighted loss term (`commitment`,
+      `codebook`, `entropy`, ...) and `usage`, `perplexity`, `dead_codes`.
+  """
+  quantized: Array
+  indices: Array
+  loss: Array
+  metrics: dict[str, Array]
+
+
+class QuantizerState(nnx.BatchStat):
+  """Non-gradient quantizer state: EMA statistics, usage counters, init flags.
+
+  A subclass of `nnx.BatchStat`, never an `nnx.Param`, so optimizers built
+  with `wrt=nnx.Param` leave it alone and checkpoints keep it.
+  """
+
+
+def is_traced(x: Any) -> bool:
+  return isinstance(x, jax.core.Tracer)
+
+
+def check_input(x: Array, dim: int, name: str) -> None:
+  """Static shape/dtype checks plus a NaN/Inf check.
+
+  The NaN/Inf check is a host-side check when called eagerly, and a
+  `checkify.debug_check` under tracing (active when the caller wraps the
+  function with `checkify.checkify(..., errors=checkify.user_checks)`; a no-op
+  otherwise, with no host sync).
+  """
+  if not hasattr(x, 'shape') or x.ndim < 1:
+    raise ValueError(f'{name}: expected an array of shape (..., {dim}); got {x!r}')
+  if x.shape[-1] != dim:
+    raise ValueError(
+        f'{name}: expected inputs of shape (..., {dim}); got shape {tuple(x.shape)}'
+        f' (last dimension {x.shape[-1]} != dim={dim})')
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise TypeError(f'{name}: expected a floating-point input; got dtype {x.dtype}')
+  finite = jnp.all(jnp.isfinite(x))
+  if not is_traced(x):
+    if not bool(finite):
+      raise ValueError(f'{name}: input contains NaN or Inf')
+  else:
+    checkify.debug_check(finite, f'{name}: input contains NaN or Inf')
+
+
+def check_mask(mask: Array | None, shape: tuple[int, ...], name: str) -> None:
+  if mask is None:
+    return
+  if tuple(mask.shape) != tuple(shape):
+    raise ValueError(f'{name}: mask shape {tuple(mask.shape)} must equal the '
+                     f'input shape without its last axis, {tuple(shape)}')
+
+
+def check_indices(indices: Array, codebook_size: int, name: str,
+                  allow_dropped: bool = False) -> None:
+  """Dtype and range checks for `decode` (host-side when eager)."""
+  if not jnp.issubdtype(indices.dtype, jnp.integer):
+    raise TypeError(f'{name}.decode: indices must be integers; got {indices.dtype}')
+  lo = -1 if allow_dropped else 0
+  ok = jnp.all((indices >= lo) & (indices < codebook_size))
+  msg = (f'{name}.decode: index out of range [{lo}, {codebook_size})')
+  if not is_traced(indices):
+    if not bool(ok):
+      bad = jnp.asarray(indices)
+      raise ValueError(f'{msg}: found min {int(bad.min())}, max {int(bad.max())}')
+  else:
+    checkify.debug_check(ok, msg)
+
+
+def flatten_tokens(x: Array, mask: Array | None):
+  """[..., D] -> ([N, D], [N] mask or None)."""
+  flat = x.reshape(-1, x.shape[-1])
+  m = None if mask is None else mask.reshape(-1)
+  return flat, m
+
+
+def masked_mean(values: Array, mask: Array | None) -> Array:
+  """Mean of values [N, ...] over valid rows and all trailing elements."""
+  v = values.astype(jnp.float32)
+  if mask is None:
+    return jnp.mean(v)
+  w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (v.ndim - 1))
+  per_row = v[0].size if v.ndim > 1 else 1
+  return jnp.sum(v * w) / jnp.maximum(jnp.sum(w) * per_row, 1.0)
+
+
+def logical(*names):
+  """Variable metadata: logical axis names, without eager sharding.
+
+  Modules can then be built without a mesh; the training system maps the names
+  to mesh axes with its rules (`nnx.get_partition_spec` + logical rules).
+  """
+  return {'sharding_names': tuple(names), 'eager_sharding': False}
+
+
+def linear(in_features: int, out_features: int, rngs: nnx.Rngs,
+           names=('embed', 'code_dim'), use_bias: bool = True) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features, use_bias=use_bias, rngs=rngs,
+                    kernel_metadata=logical(*names),
+                    bias_metadata=logical(names[1]))
+
+
+class Quantizer(nnx.Module):
+  """Base class: subclasses set `dim`, `codebook_size`, `num_codebooks` and
+  implement `__call__`, `encode` and `decode`.
+
+  `num_codebooks` is the size G of the trailing index axis (None when the
+  indices have shape x.shape[:-1]); `codebook_size` is the number of codes per
+  index position.
+  """
+  dim: int
+  codebook_size: int
+  num_codebooks: int | None = None
+
+  def __call__(self, x: Array, *, train: bool = False,
+               mask: Array | None = None) -> QuantizerOutput:
+    raise NotImplementedError
+
+  def encode(self, x: Array) -> Array:
+    raise NotImplementedError
+
+  def decode(self, indices: Array) -> Array:
+    raise NotImplementedError
+
+  def index_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Static shape of `indices` for inputs of `input_shape`."""
+    lead = tuple(input_shape[:-1])
+    return lead if self.num_codebooks is None else lead + (self.num_codebooks,)
