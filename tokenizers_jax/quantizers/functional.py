@@ -110,11 +110,22 @@ def code_scores(
   return codebook_sqnorm[None, :] - 2.0 * dots
 
 
+# Scores are computed on whole blocks of this many codes (the codebook is
+# padded to a multiple of it). XLA's CPU GEMM gives bitwise-identical entries
+# for any split of the rows or of 128-multiple column blocks, but not for
+# ragged column splits, so every path (dense, chunked, sharded over K) works on
+# 128-code blocks and yields the same scores and indices bitwise.
+SEARCH_BLOCK = 128
+
+
+def _round_up(x: int, m: int) -> int:
+  return -(-x // m) * m
+
+
 def _auto_chunk_size(num_tokens: int, num_codes: int) -> int | None:
   if num_tokens * num_codes <= DENSE_SEARCH_MAX_ELEMENTS:
     return None
-  chunk = max(DENSE_SEARCH_MAX_ELEMENTS // max(num_tokens, 1), 128)
-  return int(min(chunk, num_codes))
+  return max(DENSE_SEARCH_MAX_ELEMENTS // max(num_tokens, 1), SEARCH_BLOCK)
 
 
 def nearest_code(
@@ -125,17 +136,18 @@ def nearest_code(
 ) -> tuple[Array, Array]:
   """Index of the nearest code for each token (euclidean); ties -> lowest index.
 
-  The chunked path scans over K in chunks of `chunk_size` codes inside
-  `lax.scan`, keeping a running (min score, index) pair: it never builds the
-  N x K matrix, and returns the same indices as the dense path bitwise (the
-  per-element scores are the same computation; across chunks the running
-  minimum is only replaced on a strictly smaller score, so ties keep the
-  lowest index, as `jnp.argmin` does within a chunk).
+  The chunked path scans over K in chunks of `chunk_size` codes (rounded up to
+  a multiple of SEARCH_BLOCK) inside `lax.scan`, keeping a running
+  (min score, index) pair: it never builds the N x K matrix. It returns the
+  same indices and minimum scores as the dense path bitwise: the scores are
+  computed on the same 128-code blocks in both, and across chunks the running
+  minimum is only replaced on a strictly smaller score, so ties keep the lowest
+  index, as `jnp.argmin` does within a chunk.
 
   Args:
     z: [N, D] tokens.
     codebook: [K, D] codes.
-    chunk_size: None for dense, an int for chunks of that many codes, or
+    chunk_size: None for dense, an int for chunks of about that many codes, or
       'auto' (dense unless N*K > DENSE_SEARCH_MAX_ELEMENTS).
 
   Returns:
@@ -146,19 +158,21 @@ def nearest_code(
   num_tokens, num_codes = z.shape[0], codebook.shape[0]
   if chunk_size == 'auto':
     chunk_size = _auto_chunk_size(num_tokens, num_codes)
+  padded = _round_up(num_codes, SEARCH_BLOCK)
+  if chunk_size is not None:
+    chunk_size = min(_round_up(int(chunk_size), SEARCH_BLOCK), padded)
+    padded = _round_up(num_codes, chunk_size)
   cf = codebook.astype(jnp.float32)
-  sqnorm = jnp.sum(cf * cf, axis=-1)
-  if chunk_size is None or chunk_size >= num_codes:
-    scores = code_scores(z, codebook, sqnorm)
+  # Padded codes get +inf norm so they can never win.
+  sqnorm = jnp.pad(jnp.sum(cf * cf, axis=-1), (0, padded - num_codes),
+                   constant_values=jnp.inf)
+  cb = jnp.pad(codebook, ((0, padded - num_codes), (0, 0)))
+  if chunk_size is None or chunk_size >= padded:
+    scores = code_scores(z, cb, sqnorm)
     idx = jnp.argmin(scores, axis=-1).astype(jnp.int32)
     return idx, jnp.take_along_axis(scores, idx[:, None], axis=-1)[:, 0]
 
-  chunk_size = int(chunk_size)
-  num_chunks = -(-num_codes // chunk_size)
-  pad = num_chunks * chunk_size - num_codes
-  # Padded codes get +inf norm so they can never win.
-  cb = jnp.pad(codebook, ((0, pad), (0, 0)))
-  sqnorm = jnp.pad(sqnorm, (0, pad), constant_values=jnp.inf)
+  num_chunks = padded // chunk_size
   cb = cb.reshape(num_chunks, chunk_size, -1)
   sqnorm = sqnorm.reshape(num_chunks, chunk_size)
   offsets = jnp.arange(num_chunks, dtype=jnp.int32) * chunk_size

@@ -93,8 +93,8 @@ class ResidualVQ(base.Quantizer):
 
   def _keep_levels(self, lead_shape: tuple[int, ...]) -> Array:
     """Number of kept levels per example, [B] int32 (dropout in training)."""
-    key = jax.random.fold_in(jax.random.wrap_key_data(self.rng_key.value),
-                             self.step.value)
+    key = jax.random.fold_in(jax.random.wrap_key_data(self.rng_key[...]),
+                             self.step[...])
     k_n, k_p = jax.random.split(key)
     b = lead_shape[0] if lead_shape else 1
     lo = self.quantize_dropout_cutoff_index + 1
@@ -111,7 +111,7 @@ class ResidualVQ(base.Quantizer):
     z = x if self.project_in is None else self.project_in(x)
     if train and self.quantize_dropout:
       n_keep = self._keep_levels(lead)
-      self.step.value = self.step.value + 1
+      self.step[...] = self.step[...] + 1
     else:
       n_keep = jnp.full((lead[0] if lead else 1,), self.num_quantizers, jnp.int32)
     n_keep = n_keep.reshape((-1,) + (1,) * (len(lead) - 1)) if lead else n_keep[0]

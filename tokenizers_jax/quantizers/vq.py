@@ -145,12 +145,12 @@ class VectorQuantizer(base.Quantizer):
   # ---------------------------------------------------------------- helpers
 
   def _next_key(self) -> Array:
-    key = jax.random.wrap_key_data(self.rng_key.value)
-    return jax.random.fold_in(key, self.step.value)
+    key = jax.random.wrap_key_data(self.rng_key[...])
+    return jax.random.fold_in(key, self.step[...])
 
   def _effective_codebook(self, raw: Array | None = None) -> Array:
     """The codebook used for lookup: SimVQ map applied, l2-normalised if cosine."""
-    cb = self.codebook.value if raw is None else raw
+    cb = self.codebook[...] if raw is None else raw
     if self.codebook_transform is not None:
       cb = self.codebook_transform(cb)
     if self.use_cosine_sim:
@@ -232,7 +232,7 @@ class VectorQuantizer(base.Quantizer):
     metrics['perplexity'] = stats['perplexity']
     dead_threshold = self.threshold_ema_dead_code or 1e-3
     metrics['dead_codes'] = jnp.mean(
-        (self.cluster_size.value < dead_threshold).astype(jnp.float32))
+        (self.cluster_size[...] < dead_threshold).astype(jnp.float32))
     return base.QuantizerOutput(
         quantized=quantized,
         indices=idx.reshape(x.shape[:-1]),
@@ -243,7 +243,7 @@ class VectorQuantizer(base.Quantizer):
   # ---------------------------------------------------------------- state
 
   def _set_codebook(self, new: Array) -> None:
-    self.codebook.value = new.astype(self.codebook.value.dtype)
+    self.codebook[...] = new.astype(self.codebook[...].dtype)
 
   def _maybe_kmeans_init(self, z: Array, mask: Array | None) -> None:
     """k-means on the first training batch, inside jit (lax.cond, no host sync)."""
@@ -255,45 +255,45 @@ class VectorQuantizer(base.Quantizer):
                             chunk_size=self.chunk_size)
       if self.codebook_transform is not None:
         # SimVQ: the frozen basis stays; fit it so that C·W ≈ centroids.
-        cb = jnp.linalg.lstsq(self.codebook_transform.kernel.value.T, cb.T)[0].T
-      return cb.astype(self.codebook.value.dtype), counts
+        cb = jnp.linalg.lstsq(self.codebook_transform.kernel[...].T, cb.T)[0].T
+      return cb.astype(self.codebook[...].dtype), counts
 
     def keep(_):
-      return self.codebook.value, self.cluster_size.value
+      return self.codebook[...], self.cluster_size[...]
 
-    cb, counts = lax.cond(self.initialized.value, keep, run_kmeans, None)
-    was_init = self.initialized.value
+    cb, counts = lax.cond(self.initialized[...], keep, run_kmeans, None)
+    was_init = self.initialized[...]
     self._set_codebook(cb)
-    self.cluster_size.value = jnp.where(was_init, self.cluster_size.value, counts)
+    self.cluster_size[...] = jnp.where(was_init, self.cluster_size[...], counts)
     if self.embed_avg is not None:
-      self.embed_avg.value = jnp.where(
-          was_init, self.embed_avg.value, cb * counts[:, None])
+      self.embed_avg[...] = jnp.where(
+          was_init, self.embed_avg[...], cb * counts[:, None])
       # As the peer does, the codebook is the Laplace-smoothed average.
-      smoothed = F.laplace_smoothed_codebook(self.cluster_size.value,
-                                             self.embed_avg.value, self.eps)
+      smoothed = F.laplace_smoothed_codebook(self.cluster_size[...],
+                                             self.embed_avg[...], self.eps)
       if self.use_cosine_sim:
         smoothed = F.l2_normalize(smoothed)
-      self._set_codebook(jnp.where(was_init, self.codebook.value, smoothed))
-    self.initialized.value = jnp.ones_like(self.initialized.value)
+      self._set_codebook(jnp.where(was_init, self.codebook[...], smoothed))
+    self.initialized[...] = jnp.ones_like(self.initialized[...])
 
   def _update_state(self, z: Array, idx: Array, counts: Array,
                     mask: Array | None) -> None:
     z = lax.stop_gradient(z).astype(jnp.float32)
-    self.cluster_size.value = F.ema_update(self.cluster_size.value, counts,
+    self.cluster_size[...] = F.ema_update(self.cluster_size[...], counts,
                                            self.decay)
     if self.embed_avg is not None:
       w = jnp.ones(idx.shape, jnp.float32) if mask is None else mask.astype(jnp.float32)
-      embed_sum = jnp.zeros_like(self.embed_avg.value).at[idx].add(z * w[:, None])
-      self.embed_avg.value = F.ema_update(self.embed_avg.value, embed_sum,
+      embed_sum = jnp.zeros_like(self.embed_avg[...]).at[idx].add(z * w[:, None])
+      self.embed_avg[...] = F.ema_update(self.embed_avg[...], embed_sum,
                                           self.decay)
-      new = F.laplace_smoothed_codebook(self.cluster_size.value,
-                                        self.embed_avg.value, self.eps)
+      new = F.laplace_smoothed_codebook(self.cluster_size[...],
+                                        self.embed_avg[...], self.eps)
       if self.use_cosine_sim:
         new = F.l2_normalize(new)
       self._set_codebook(new)
     if self.threshold_ema_dead_code > 0:
       self._restart_dead_codes(z, mask)
-    self.step.value = self.step.value + 1
+    self.step[...] = self.step[...] + 1
 
   def _restart_dead_codes(self, z: Array, mask: Array | None) -> None:
     """Replace codes whose EMA count is below the threshold by batch samples.
@@ -302,16 +302,16 @@ class VectorQuantizer(base.Quantizer):
     makes the same decision.
     """
     thr = self.threshold_ema_dead_code
-    dead = self.cluster_size.value < thr
+    dead = self.cluster_size[...] < thr
     samples = F.sample_rows(self._next_key(), z, self.codebook_size, mask)
     if self.use_cosine_sim:
       samples = F.l2_normalize(samples)
     if self.codebook_transform is not None:
       # SimVQ: choose the frozen-basis rows whose image under W is the sample.
-      samples = jnp.linalg.lstsq(self.codebook_transform.kernel.value.T,
+      samples = jnp.linalg.lstsq(self.codebook_transform.kernel[...].T,
                                  samples.T)[0].T
-    self._set_codebook(jnp.where(dead[:, None], samples, self.codebook.value))
-    self.cluster_size.value = jnp.where(dead, thr, self.cluster_size.value)
+    self._set_codebook(jnp.where(dead[:, None], samples, self.codebook[...]))
+    self.cluster_size[...] = jnp.where(dead, thr, self.cluster_size[...])
     if self.embed_avg is not None:
-      self.embed_avg.value = jnp.where(dead[:, None], samples * thr,
-                                       self.embed_avg.value)
+      self.embed_avg[...] = jnp.where(dead[:, None], samples * thr,
+                                       self.embed_avg[...])
