@@ -1,6 +1,6 @@
 """Device meshes and logical-axis sharding for NNX modules.
 
-Parameters carry logical axis names in their metadata (`sharding_names`, set
+Parameters carry logical axis names in their metadata (`out_sharding`, set
 with `eager_sharding=False` so modules build without a mesh). Rules map
 logical names to mesh axes, e.g. `(('batch', ('data', 'fsdp')), ('embed',
 'fsdp'), ('codebook', 'model'))`; names without a rule are replicated.

@@ -124,7 +124,7 @@ def logical(*names):
   Modules can then be built without a mesh; the training system maps the names
   to mesh axes with its rules (`nnx.get_partition_spec` + logical rules).
   """
-  return {'sharding_names': tuple(names), 'eager_sharding': False}
+  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def linear(in_features: int, out_features: int, rngs: nnx.Rngs,
