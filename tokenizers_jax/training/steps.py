@@ -1,0 +1,398 @@
+"""Model construction, the train state, and the jit-compiled train/eval steps.
+
+The train state is a plain pytree (dicts of arrays), so it shards, donates and
+checkpoints like any JAX value:
+
+  state = {
+    'step': int32 [],
+    'gen': {'params': ..., 'rest': ...},   # nnx pure dicts of the tokenizer
+    'gen_opt': optax state,                # over gen params
+    'disc': {'params': ..., 'rest': ...},  # discriminator (+ BatchNorm stats)
+    'disc_opt': optax state,
+    'ema': gen params EMA (or the params themselves when ema_decay == 0),
+    'rng': uint32 [2] key data,
+    'nonfinite_consecutive', 'nonfinite_total': int32 [],
+  }
+
+Dimension legend: B batch, H/W image size, h/w token grid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from tokenizers_jax import config_lib
+from tokenizers_jax import sharding as sharding_lib
+from tokenizers_jax.losses import adversarial
+from tokenizers_jax.models.discriminator import NLayerDiscriminator
+from tokenizers_jax.models.vqgan import VQGAN
+from tokenizers_jax.quantizers import registry as qregistry
+
+Array = jax.Array
+
+
+# -----------------------------------------------------------------------------
+# Config validation (before any compilation).
+# -----------------------------------------------------------------------------
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails with a message naming the key for configs that cannot work."""
+  req = config_lib.require
+  req(config.model_name in MODELS, 'model_name',
+      f'unknown model {config.model_name!r}; known: {sorted(MODELS)}')
+  fe = config.model.frontend
+  factor = 2 ** (len(fe.ch_mult) - 1)
+  size = config.data.image_size
+  req(size > 0 and size % factor == 0, 'data.image_size',
+      f'{size} is not divisible by the downsampling factor {factor} '
+      f'(2**(len(model.frontend.ch_mult)-1))')
+  res = size // factor
+  for r in fe.attn_resolutions:
+    req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
+        f'{r} is not a feature-map size of a {size}px image')
+  req(config.model.embed_dim > 0, 'model.embed_dim', 'must be positive')
+  q = dict(config.quantizer)
+  req('name' in q, 'quantizer.name', 'missing')
+  try:
+    qregistry.get_quantizer_class(q['name'])
+  except ValueError as e:
+    raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
+  if 'dim' in q:
+    req(q['dim'] == config.model.embed_dim, 'quantizer.dim',
+        f'{q["dim"]} does not match model.embed_dim={config.model.embed_dim}'
+        ' (remove quantizer.dim; it is set from model.embed_dim)')
+  if q['name'] == 'fsq':
+    req(len(q.get('levels', ())) > 0, 'quantizer.levels', 'FSQ needs levels')
+  if q['name'] in ('lfq', 'bsq'):
+    size_q = q.get('codebook_size', 0)
+    req(size_q > 1 and size_q & (size_q - 1) == 0, 'quantizer.codebook_size',
+        f'LFQ needs a power of two; got {size_q}')
+  b = config.data.global_batch_size
+  req(b > 0, 'data.global_batch_size', 'must be positive')
+  n_dev = jax.device_count()
+  mesh_shape = list(config.mesh.shape)
+  known = 1
+  for s in mesh_shape:
+    known *= s if s != -1 else 1
+  req(n_dev % known == 0, 'mesh.shape',
+      f'{tuple(mesh_shape)} does not fit {n_dev} devices')
+  data_par = n_dev // known if -1 in mesh_shape[:2] else 1
+  for s in mesh_shape[:2]:
+    data_par *= s if s != -1 else 1
+  req(b % data_par == 0, 'data.global_batch_size',
+      f'{b} is not divisible by the data-parallel size {data_par}')
+  req(b % jax.process_count() == 0, 'data.global_batch_size',
+      f'{b} is not divisible by the number of processes {jax.process_count()}')
+  req(config.loss.recon in ('l1', 'l2'), 'loss.recon', "must be 'l1' or 'l2'")
+  req(config.loss.gan_loss in ('hinge', 'vanilla', 'least_squares'),
+      'loss.gan_loss', 'must be hinge, vanilla or least_squares')
+  if config.loss.perceptual_weight > 0:
+    req(bool(config.loss.lpips_vgg_path) and bool(config.loss.lpips_lin_path),
+        'loss.lpips_vgg_path',
+        'perceptual_weight > 0 needs local LPIPS weight files '
+        '(loss.lpips_vgg_path and loss.lpips_lin_path)')
+  req(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
+  req(config.total_steps > 0, 'total_steps', 'must be positive')
+  del res
+
+
+# -----------------------------------------------------------------------------
+# Models and optimizers.
+# -----------------------------------------------------------------------------
+
+
+def _build_vqgan(config, rngs):
+  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  return VQGAN(frontend=dict(config.model.frontend),
+               quantizer=dict(config.quantizer),
+               embed_dim=config.model.embed_dim,
+               image_size=config.data.image_size, dtype=dtype, rngs=rngs)
+
+
+MODELS = {'vqgan': _build_vqgan}
+
+
+def build_models(config, seed: int | None = None):
+  """(tokenizer, discriminator) NNX modules on the host (no mesh needed)."""
+  seed = config.seed if seed is None else seed
+  gen = MODELS[config.model_name](config, nnx.Rngs(seed))
+  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  disc = NLayerDiscriminator(in_channels=3, dtype=dtype, rngs=nnx.Rngs(seed + 1),
+                             **dict(config.disc))
+  return gen, disc
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
+  lr = opt_cfg.lr
+  warm = opt_cfg.warmup_steps
+  if opt_cfg.schedule == 'cosine':
+    sched = optax.warmup_cosine_decay_schedule(
+        0.0 if warm else lr, lr, max(warm, 1) if warm else 1,
+        max(total_steps, warm + 1), lr * opt_cfg.end_lr_factor)
+  elif opt_cfg.schedule == 'constant':
+    sched = (optax.linear_schedule(0.0, lr, warm) if warm else
+             optax.constant_schedule(lr))
+    if warm:
+      sched = optax.join_schedules([sched, optax.constant_schedule(lr)], [warm])
+  else:
+    raise config_lib.ConfigError(f'config.optim.schedule: unknown {opt_cfg.schedule!r}')
+  parts = []
+  if opt_cfg.grad_clip:
+    parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
+  parts.append(optax.adamw(sched, b1=opt_cfg.b1, b2=opt_cfg.b2,
+                           weight_decay=opt_cfg.weight_decay))
+  return optax.chain(*parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+  """Static pieces of a run: graph definitions, optimizers, config."""
+  config: ml_collections.ConfigDict
+  gen_graph: Any
+  disc_graph: Any
+  gen_tx: optax.GradientTransformation
+  disc_tx: optax.GradientTransformation
+  lpips: Any
+  last_layer_path: tuple
+
+  def merge_gen(self, params, rest, copy=True):
+    return nnx.merge(self.gen_graph, params, rest, copy=copy)
+
+  def merge_disc(self, params, rest, copy=True):
+    return nnx.merge(self.disc_graph, params, rest, copy=copy)
+
+
+def _split(module):
+  graph, params, rest = nnx.split(module, nnx.Param, ...)
+  return graph, nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
+
+
+def _path_of(tree_root, target) -> tuple:
+  for path, var in nnx.iter_graph(tree_root):
+    if var is target:
+      return tuple(path)
+  raise ValueError('last layer not found in the model graph')
+
+
+def _get(tree, path):
+  for p in path:
+    tree = tree[p]
+  return tree
+
+
+def create(config, mesh) -> tuple[Trainer, dict, dict]:
+  """Builds the trainer, the initial state on the mesh, and its shardings."""
+  validate_config(config)
+  gen, disc = build_models(config)
+  lpips = None
+  if config.loss.perceptual_weight > 0:
+    from tokenizers_jax.losses.perceptual import LPIPS  # pylint: disable=g-import-not-at-top
+    lpips = LPIPS.from_files(config.loss.lpips_vgg_path, config.loss.lpips_lin_path)
+  last_path = _path_of(gen, gen.last_layer)
+  gen_graph, gp, gr = _split(gen)
+  disc_graph, dp, dr = _split(disc)
+  trainer = Trainer(config, gen_graph, disc_graph,
+                    make_optimizer(config.optim, config.total_steps),
+                    make_optimizer(config.disc_optim, config.total_steps),
+                    lpips, last_path)
+  rules = tuple(tuple(r) for r in config.sharding_rules)
+
+  def sh(module, filt):
+    return nnx.to_pure_dict(sharding_lib.state_shardings(
+        nnx.state(module, filt), mesh, rules))
+
+  replicated = jax.sharding.NamedSharding(mesh, jax.P())
+  gen_sh = {'params': sh(gen, nnx.Param), 'rest': sh(gen, nnx.Not(nnx.Param))}
+  disc_sh = {'params': sh(disc, nnx.Param), 'rest': sh(disc, nnx.Not(nnx.Param))}
+  host_state = {
+      'step': jnp.zeros((), jnp.int32),
+      'gen': {'params': gp, 'rest': gr},
+      'disc': {'params': dp, 'rest': dr},
+      # Separate buffers (donation must not see one buffer twice); empty
+      # when EMA is off.
+      'ema': (jax.tree.map(np.array, gp) if config.ema_decay > 0 else {}),
+      'rng': jax.random.key_data(jax.random.PRNGKey(config.seed + 2)),
+      'nonfinite_consecutive': jnp.zeros((), jnp.int32),
+      'nonfinite_total': jnp.zeros((), jnp.int32),
+  }
+  shardings = {
+      'step': replicated, 'gen': gen_sh, 'disc': disc_sh,
+      'ema': gen_sh['params'] if config.ema_decay > 0 else {},
+      'rng': replicated,
+      'nonfinite_consecutive': replicated, 'nonfinite_total': replicated,
+  }
+  state = jax.device_put(host_state, shardings)
+  # Optimizer states: created under jit, sharded like their parameters.
+  gen_opt = jax.jit(trainer.gen_tx.init)(state['gen']['params'])
+  disc_opt = jax.jit(trainer.disc_tx.init)(state['disc']['params'])
+  state['gen_opt'] = gen_opt
+  state['disc_opt'] = disc_opt
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  return trainer, state, shardings
+
+
+# -----------------------------------------------------------------------------
+# Losses and steps.
+# -----------------------------------------------------------------------------
+
+
+def _recon_loss(kind: str, x: Array, x_hat: Array) -> Array:
+  d = x_hat.astype(jnp.float32) - x.astype(jnp.float32)
+  return jnp.mean(jnp.abs(d)) if kind == 'l1' else jnp.mean(d * d)
+
+
+def _tree_where(ok, new, old):
+  return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def _global_norm(tree) -> Array:
+  return optax.global_norm(tree)
+
+
+def train_step(trainer: Trainer, state: dict, batch: dict):
+  """One generator update and one discriminator update on `batch`.
+
+  A non-finite batch, loss or gradient leaves the state untouched (the step is
+  skipped and counted).
+  """
+  cfg = trainer.config
+  lc = cfg.loss
+  x = batch['image']
+  if cfg.mixed_precision:
+    x = x.astype(jnp.bfloat16)
+  step = state['step']
+  disc_factor = adversarial.disc_start_gate(step, lc.disc_start)
+  g_loss_fn = adversarial.get_g_loss(lc.gan_loss)
+  d_loss_fn = adversarial.get_d_loss(lc.gan_loss)
+
+  # ---- generator: one forward, two backward passes (rec+quant, adversarial).
+  def gen_forward(params):
+    gen = trainer.merge_gen(params, state['gen']['rest'])
+    x_hat, qout = gen(x, train=True)
+    rec = _recon_loss(lc.recon, x, x_hat)
+    nll = lc.recon_weight * rec
+    perceptual = jnp.zeros((), jnp.float32)
+    if trainer.lpips is not None:
+      perceptual = jnp.mean(trainer.lpips(x.astype(jnp.float32),
+                                          x_hat.astype(jnp.float32)))
+      nll = nll + lc.perceptual_weight * perceptual
+    disc = trainer.merge_disc(state['disc']['params'], state['disc']['rest'])
+    logits_fake = disc(x_hat, train=True)
+    g_adv = g_loss_fn(logits_fake)
+    main = nll + lc.quantizer_weight * qout.loss
+    new_rest = nnx.to_pure_dict(nnx.state(gen, nnx.Not(nnx.Param)))
+    # Quantizers may overwrite parameters in the forward pass (k-means init,
+    # dead-code restarts): updates apply on top of those values.
+    fwd_params = jax.lax.stop_gradient(
+        nnx.to_pure_dict(nnx.state(gen, nnx.Param)))
+    aux = dict(x_hat=x_hat, rec=rec, perceptual=perceptual, qout=qout,
+               new_rest=new_rest, nll=nll, fwd_params=fwd_params)
+    return (main, g_adv), aux
+
+  (main, g_adv), vjp_fn, aux = jax.vjp(gen_forward, state['gen']['params'],
+                                       has_aux=True)
+  one = jnp.ones((), jnp.float32)
+  zero = jnp.zeros((), jnp.float32)
+  (grad_main,) = vjp_fn((one, zero))
+
+  def adv_grads(_):
+    (g,) = vjp_fn((zero, one))
+    return g
+
+  grad_adv = jax.lax.cond(disc_factor > 0, adv_grads,
+                          lambda _: jax.tree.map(jnp.zeros_like, grad_main), None)
+  if lc.adaptive_weight:
+    g_weight = adversarial.adaptive_generator_weight(
+        _get(grad_main, trainer.last_layer_path),
+        _get(grad_adv, trainer.last_layer_path), lc.disc_weight)
+  else:
+    g_weight = jnp.asarray(lc.disc_weight, jnp.float32)
+  g_weight = g_weight * disc_factor
+  grads = jax.tree.map(lambda a, b: a + g_weight * b, grad_main, grad_adv)
+  updates, new_gen_opt = trainer.gen_tx.update(grads, state['gen_opt'],
+                                               aux['fwd_params'])
+  new_gen_params = optax.apply_updates(aux['fwd_params'], updates)
+
+  # ---- discriminator on real vs (detached) reconstructions.
+  x_fake = jax.lax.stop_gradient(aux['x_hat'])
+
+  def disc_loss(params):
+    disc = trainer.merge_disc(params, state['disc']['rest'])
+    logits = disc(jnp.concatenate([x, x_fake.astype(x.dtype)]), train=True)
+    real, fake = jnp.split(logits, 2)
+    loss = disc_factor * d_loss_fn(real, fake)
+    new_rest = nnx.to_pure_dict(nnx.state(disc, nnx.Not(nnx.Param)))
+    return loss, (new_rest, jnp.mean(real.astype(jnp.float32)),
+                  jnp.mean(fake.astype(jnp.float32)))
+
+  (d_loss, (new_disc_rest, real_mean, fake_mean)), d_grads = (
+      jax.value_and_grad(disc_loss, has_aux=True)(state['disc']['params']))
+  d_updates, new_disc_opt = trainer.disc_tx.update(
+      d_grads, state['disc_opt'], state['disc']['params'])
+  new_disc_params = optax.apply_updates(state['disc']['params'], d_updates)
+
+  decay = cfg.ema_decay
+  if decay > 0:
+    new_ema = jax.tree.map(lambda e, p: e * decay + p * (1 - decay),
+                           state['ema'], new_gen_params)
+  else:
+    new_ema = {}
+
+  total = main + g_weight * g_adv
+  ok = (jnp.all(jnp.isfinite(x)) & jnp.isfinite(total) & jnp.isfinite(d_loss)
+        & jnp.isfinite(_global_norm(grads)) & jnp.isfinite(_global_norm(d_grads)))
+  proposed = {
+      'step': step + 1,
+      'gen': {'params': new_gen_params, 'rest': aux['new_rest']},
+      'gen_opt': new_gen_opt,
+      'disc': {'params': new_disc_params, 'rest': new_disc_rest},
+      'disc_opt': new_disc_opt,
+      'ema': new_ema,
+      'rng': state['rng'],
+      'nonfinite_consecutive': jnp.zeros((), jnp.int32),
+      'nonfinite_total': state['nonfinite_total'],
+  }
+  skipped = dict(state, step=step + 1,
+                 nonfinite_consecutive=state['nonfinite_consecutive'] + 1,
+                 nonfinite_total=state['nonfinite_total'] + 1)
+  new_state = _tree_where(ok, proposed, skipped)
+
+  qout = aux['qout']
+  metrics = {
+      'train/loss': total,
+      'train/recon': aux['rec'],
+      'train/perceptual': aux['perceptual'],
+      'train/quantizer_loss': qout.loss,
+      'train/g_adv': g_adv,
+      'train/g_weight': g_weight,
+      'train/d_loss': d_loss,
+      'train/logits_real': real_mean,
+      'train/logits_fake': fake_mean,
+      'train/grad_norm': _global_norm(grads),
+      'train/skipped': 1 - ok.astype(jnp.int32),
+      'train/nonfinite_consecutive': new_state['nonfinite_consecutive'],
+  }
+  for k, v in qout.metrics.items():
+    metrics[f'quant/{k}'] = v
+  return new_state, metrics
+
+
+def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True):
+  """Reconstructions and token indices (eval mode) for one batch."""
+  use_ema = use_ema and trainer.config.ema_decay > 0
+  params = state['ema'] if use_ema else state['gen']['params']
+  gen = trainer.merge_gen(params, state['gen']['rest'])
+  x = batch['image']
+  if trainer.config.mixed_precision:
+    x = x.astype(jnp.bfloat16)
+  x_hat, qout = gen(x, train=False)
+  return jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0), qout.indices
