@@ -1,0 +1,462 @@
+"""Image front end: a conv ResNet encoder/decoder pair in the VQGAN design.
+
+The layout follows the taming-transformers VQGAN autoencoder: a 3x3 input
+conv, `len(ch_mult)` resolution levels of `num_res_blocks` ResNet blocks (with
+single-head self-attention at the resolutions listed in `attn_resolutions`),
+a stride-2 downsample between levels, a middle ResBlock-Attn-ResBlock, then
+GroupNorm, swish and a 3x3 output conv. The decoder mirrors it with
+`num_res_blocks + 1` blocks per level and nearest-neighbour upsampling.
+
+Parameters carry logical axis names through `out_sharding` metadata with
+`eager_sharding=False`, so modules can be built without a mesh and sharded
+later by logical-axis rules.
+
+Dimension legend:
+  B: batch size
+  H, W: image height and width
+  h, w: latent grid height and width (H // f, W // f)
+  C: image channels (`in_channels`, 3 for RGB)
+  D: hidden channels at a level (`ch * ch_mult[i]`)
+  Z: latent channels (`z_channels`)
+  f: downsample factor, 2 ** (len(ch_mult) - 1)
+  N: number of attention positions (h * w at that level)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+Dtype = Any
+
+# GroupNorm epsilon of the reference design.
+NORM_EPSILON = 1e-6
+
+
+def _meta(*names: str | None) -> dict[str, Any]:
+  """Variable metadata: logical axis names, never eagerly sharded."""
+  return {'out_sharding': tuple(names), 'eager_sharding': False}
+
+
+def group_count(channels: int, num_groups: int) -> int:
+  """Largest divisor of `channels` that is at most `num_groups`.
+
+  GroupNorm needs the group count to divide the channel count; 32 groups is
+  the reference choice, and narrow (test-sized) layers get fewer groups.
+  """
+  if channels < 1 or num_groups < 1:
+    raise ValueError(
+        f'channels ({channels}) and num_groups ({num_groups}) must be >= 1.')
+  for g in range(min(num_groups, channels), 0, -1):
+    if channels % g == 0:
+      return g
+  return 1  # Unreachable: 1 always divides.
+
+
+def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
+          padding: Any = 'SAME', dtype: Dtype, param_dtype: Dtype,
+          rngs: nnx.Rngs) -> nnx.Conv:
+  return nnx.Conv(
+      in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
+      padding=padding, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+      kernel_metadata=_meta('conv_h', 'conv_w', 'embed_in', 'embed'),
+      bias_metadata=_meta('embed'))
+
+
+def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,
+          rngs: nnx.Rngs) -> nnx.GroupNorm:
+  return nnx.GroupNorm(
+      channels, num_groups=group_count(channels, num_groups),
+      epsilon=NORM_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+      scale_metadata=_meta('embed'), bias_metadata=_meta('embed'))
+
+
+class ResnetBlock(nnx.Module):
+  """GroupNorm-swish-conv3x3 twice, plus a (1x1-projected) skip connection."""
+
+  def __init__(self, in_ch: int, out_ch: int, *, num_groups: int = 32,
+               dropout: float = 0.0, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm1 = _norm(in_ch, num_groups, **kw)
+    self.conv1 = _conv(in_ch, out_ch, 3, **kw)
+    self.norm2 = _norm(out_ch, num_groups, **kw)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs if dropout > 0 else None)
+    self.conv2 = _conv(out_ch, out_ch, 3, **kw)
+    self.nin_shortcut = (
+        _conv(in_ch, out_ch, 1, **kw) if in_ch != out_ch else None)
+
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    """[B, H, W, D_in] -> [B, H, W, D_out]."""
+    h = self.conv1(nnx.swish(self.norm1(x)))
+    h = nnx.swish(self.norm2(h))
+    h = self.conv2(self.dropout(h, deterministic=not train))
+    if self.nin_shortcut is not None:
+      x = self.nin_shortcut(x)
+    return x + h
+
+
+class AttnBlock(nnx.Module):
+  """Single-head spatial self-attention with 1x1 q/k/v/out projections.
+
+  Scores and softmax run in fp32 whatever the compute dtype.
+  """
+
+  def __init__(self, channels: int, *, num_groups: int = 32,
+               dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    self.norm = _norm(channels, num_groups, **kw)
+    self.q = _conv(channels, channels, 1, **kw)
+    self.k = _conv(channels, channels, 1, **kw)
+    self.v = _conv(channels, channels, 1, **kw)
+    self.proj_out = _conv(channels, channels, 1, **kw)
+
+  def __call__(self, x: Array) -> Array:
+    """[B, h, w, D] -> [B, h, w, D]."""
+    b, hh, ww, d = x.shape
+    h = self.norm(x)
+    q = self.q(h).reshape(b, hh * ww, d)
+    k = self.k(h).reshape(b, hh * ww, d)
+    v = self.v(h).reshape(b, hh * ww, d)
+    scores = jnp.einsum('bnd,bmd->bnm', q, k,
+                        preferred_element_type=jnp.float32) * (d ** -0.5)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum('bnm,bmd->bnd', probs, v).reshape(b, hh, ww, d)
+    return x + self.proj_out(out)
+
+
+class Downsample(nnx.Module):
+  """Stride-2 3x3 conv after zero padding one row/column at the bottom/right."""
+
+  def __init__(self, channels: int, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    self.conv = _conv(channels, channels, 3, stride=2,
+                      padding=((0, 1), (0, 1)), dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    """[B, H, W, D] -> [B, H/2, W/2, D]."""
+    return self.conv(x)
+
+
+class Upsample(nnx.Module):
+  """Nearest-neighbour 2x upsampling followed by a 3x3 conv."""
+
+  def __init__(self, channels: int, *, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    self.conv = _conv(channels, channels, 3, dtype=dtype,
+                      param_dtype=param_dtype, rngs=rngs)
+
+  def __call__(self, x: Array) -> Array:
+    """[B, H, W, D] -> [B, 2H, 2W, D]."""
+    x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+    return self.conv(x)
+
+
+def _check_rank_channels(shape: Sequence[int], channels: int, what: str):
+  if len(shape) != 4:
+    raise ValueError(
+        f'{what} must be NHWC with rank 4, got shape {tuple(shape)} '
+        f'(rank {len(shape)}).')
+  if shape[-1] != channels:
+    raise ValueError(
+        f'{what} must have {channels} channels (last axis), got shape '
+        f'{tuple(shape)}.')
+
+
+def _check_image_shape(shape: Sequence[int], in_channels: int, factor: int):
+  _check_rank_channels(shape, in_channels, 'Image input')
+  _, height, width, _ = shape
+  if height % factor or width % factor:
+    raise ValueError(
+        f'Image size {height}x{width} is not divisible by the downsample '
+        f'factor {factor} (= 2 ** (len(ch_mult) - 1)).')
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+  """Validated, hashable architecture settings shared by encoder and decoder.
+
+  Field meanings are documented in `ImageEncoder.__init__`.
+  """
+  ch: int = 128
+  ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+  num_res_blocks: int = 2
+  attn_resolutions: tuple[int, ...] = (16,)
+  z_channels: int = 256
+  in_channels: int = 3
+  resolution: int = 256
+  num_groups: int = 32
+  dropout: float = 0.0
+
+  def __post_init__(self):
+    object.__setattr__(self, 'ch_mult', tuple(int(m) for m in self.ch_mult))
+    object.__setattr__(self, 'attn_resolutions',
+                       tuple(int(r) for r in self.attn_resolutions))
+    if not self.ch_mult or min(self.ch_mult) < 1:
+      raise ValueError(
+          f'ch_mult must be non-empty and positive: {self.ch_mult}.')
+    if min(self.ch, self.z_channels, self.in_channels, self.num_groups) < 1:
+      raise ValueError('ch, z_channels, in_channels and num_groups must be '
+                       '>= 1.')
+    if self.num_res_blocks < 0:
+      raise ValueError(f'num_res_blocks must be >= 0: {self.num_res_blocks}.')
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f'dropout must be in [0, 1): {self.dropout}.')
+    if self.resolution < 1 or self.resolution % self.factor:
+      raise ValueError(
+          f'resolution {self.resolution} must be a positive multiple of the '
+          f'downsample factor {self.factor}.')
+
+  @property
+  def factor(self) -> int:
+    """Downsample factor f = 2 ** (len(ch_mult) - 1)."""
+    return 2 ** (len(self.ch_mult) - 1)
+
+  def level_resolution(self, level: int) -> int:
+    """Nominal feature-map size at resolution level `level`."""
+    return self.resolution // (2 ** level)
+
+
+class ImageEncoder(nnx.Module):
+  """Conv ResNet encoder: [B, H, W, C] in [-1, 1] -> [B, H/f, W/f, Z].
+
+  Attributes:
+    conv_in, down (per level: `blocks`, `attns`, `downsample`), mid_block_1,
+    mid_attn, mid_block_2, norm_out, conv_out.
+  """
+
+  def __init__(self, *, ch: int = 128,
+               ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+               num_res_blocks: int = 2,
+               attn_resolutions: Sequence[int] = (16,),
+               z_channels: int = 256, in_channels: int = 3,
+               resolution: int = 256, num_groups: int = 32,
+               dropout: float = 0.0, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds the encoder.
+
+    Args:
+      ch: base channel count.
+      ch_mult: channel multiplier per resolution level; the image is halved
+        between consecutive levels, so f = 2 ** (len(ch_mult) - 1).
+      num_res_blocks: ResNet blocks per level.
+      attn_resolutions: feature-map sizes (relative to `resolution`) after
+        whose ResNet blocks a self-attention block is inserted.
+      z_channels: output (latent) channels.
+      in_channels: image channels.
+      resolution: nominal input size; only used to place attention blocks.
+      num_groups: GroupNorm groups (clipped to a divisor of each width).
+      dropout: dropout rate inside ResNet blocks (active when train=True).
+      dtype: compute dtype.
+      param_dtype: parameter dtype.
+      rngs: parameter (and dropout) RNGs.
+    """
+    cfg = ImageConfig(ch, tuple(ch_mult), num_res_blocks,
+                      tuple(attn_resolutions), z_channels, in_channels,
+                      resolution, num_groups, dropout)
+    self.config = cfg
+    self.in_channels = cfg.in_channels
+    self.z_channels = cfg.z_channels
+    self.downsample_factor = cfg.factor
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    nkw = dict(num_groups=cfg.num_groups, **kw)
+
+    self.conv_in = _conv(cfg.in_channels, cfg.ch, 3, **kw)
+    levels = []
+    width_in = cfg.ch
+    for level, mult in enumerate(cfg.ch_mult):
+      width_out = cfg.ch * mult
+      use_attn = cfg.level_resolution(level) in cfg.attn_resolutions
+      blocks, attns = [], []
+      for _ in range(cfg.num_res_blocks):
+        blocks.append(ResnetBlock(width_in, width_out, dropout=cfg.dropout,
+                                  **nkw))
+        width_in = width_out
+        if use_attn:
+          attns.append(AttnBlock(width_in, **nkw))
+      last = level == len(cfg.ch_mult) - 1
+      levels.append(nnx.Dict(
+          blocks=nnx.List(blocks), attns=nnx.List(attns),
+          downsample=None if last else Downsample(width_in, **kw)))
+    self.down = nnx.List(levels)
+    self.mid_block_1 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
+                                   **nkw)
+    self.mid_attn = AttnBlock(width_in, **nkw)
+    self.mid_block_2 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
+                                   **nkw)
+    self.norm_out = _norm(width_in, cfg.num_groups, **kw)
+    self.conv_out = _conv(width_in, cfg.z_channels, 3, **kw)
+
+  def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Static latent shape for an NHWC input shape (validates it)."""
+    _check_image_shape(input_shape, self.in_channels, self.downsample_factor)
+    b, height, width, _ = input_shape
+    f = self.downsample_factor
+    return (b, height // f, width // f, self.z_channels)
+
+  def __call__(self, x: Array, *, train: bool = False) -> Array:
+    """[B, H, W, C] -> [B, H/f, W/f, Z] (in the compute dtype)."""
+    self.output_shape(x.shape)
+    h = self.conv_in(x)
+    for level in self.down:
+      for i, block in enumerate(level['blocks']):
+        h = block(h, train=train)
+        if len(level['attns']):
+          h = level['attns'][i](h)
+      if level['downsample'] is not None:
+        h = level['downsample'](h)
+    h = self.mid_block_1(h, train=train)
+    h = self.mid_attn(h)
+    h = self.mid_block_2(h, train=train)
+    return self.conv_out(nnx.swish(self.norm_out(h)))
+
+
+class ImageDecoder(nnx.Module):
+  """Conv ResNet decoder: [B, h, w, Z] -> [B, h*f, w*f, C] (no output tanh).
+
+  Attributes:
+    conv_in, mid_block_1, mid_attn, mid_block_2, up (per level, indexed by
+    level as in the encoder: `blocks`, `attns`, `upsample`), norm_out,
+    conv_out. `last_layer` is the output conv kernel, the weight the
+    adaptive GAN weight differentiates against.
+  """
+
+  def __init__(self, *, ch: int = 128,
+               ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+               num_res_blocks: int = 2,
+               attn_resolutions: Sequence[int] = (16,),
+               z_channels: int = 256, in_channels: int = 3,
+               resolution: int = 256, num_groups: int = 32,
+               dropout: float = 0.0, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds the decoder; arguments as in `ImageEncoder`.
+
+    `in_channels` is the number of image channels produced.
+    """
+    cfg = ImageConfig(ch, tuple(ch_mult), num_res_blocks,
+                      tuple(attn_resolutions), z_channels, in_channels,
+                      resolution, num_groups, dropout)
+    self.config = cfg
+    self.out_channels = cfg.in_channels
+    self.z_channels = cfg.z_channels
+    self.upsample_factor = cfg.factor
+    kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    nkw = dict(num_groups=cfg.num_groups, **kw)
+
+    width_in = cfg.ch * cfg.ch_mult[-1]
+    self.conv_in = _conv(cfg.z_channels, width_in, 3, **kw)
+    self.mid_block_1 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
+                                   **nkw)
+    self.mid_attn = AttnBlock(width_in, **nkw)
+    self.mid_block_2 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
+                                   **nkw)
+    levels = [None] * len(cfg.ch_mult)
+    for level in reversed(range(len(cfg.ch_mult))):
+      width_out = cfg.ch * cfg.ch_mult[level]
+      use_attn = cfg.level_resolution(level) in cfg.attn_resolutions
+      blocks, attns = [], []
+      for _ in range(cfg.num_res_blocks + 1):
+        blocks.append(ResnetBlock(width_in, width_out, dropout=cfg.dropout,
+                                  **nkw))
+        width_in = width_out
+        if use_attn:
+          attns.append(AttnBlock(width_in, **nkw))
+      levels[level] = nnx.Dict(
+          blocks=nnx.List(blocks), attns=nnx.List(attns),
+          upsample=None if level == 0 else Upsample(width_in, **kw))
+    self.up = nnx.List(levels)
+    self.norm_out = _norm(width_in, cfg.num_groups, **kw)
+    self.conv_out = _conv(width_in, cfg.in_channels, 3, **kw)
+
+  @property
+  def last_layer(self) -> nnx.Param:
+    """The output conv kernel [3, 3, D, C] (taming's `get_last_layer`)."""
+    return self.conv_out.kernel
+
+  def output_shape(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
+    """Static image shape for a latent shape (validates it)."""
+    _check_rank_channels(latent_shape, self.z_channels, 'Latent input')
+    b, hh, ww, _ = latent_shape
+    f = self.upsample_factor
+    return (b, hh * f, ww * f, self.out_channels)
+
+  def __call__(self, z: Array, *, train: bool = False) -> Array:
+    """[B, h, w, Z] -> [B, h*f, w*f, C] (in the compute dtype)."""
+    self.output_shape(z.shape)
+    h = self.conv_in(z)
+    h = self.mid_block_1(h, train=train)
+    h = self.mid_attn(h)
+    h = self.mid_block_2(h, train=train)
+    for level in reversed(range(len(self.up))):
+      stage = self.up[level]
+      for i, block in enumerate(stage['blocks']):
+        h = block(h, train=train)
+        if len(stage['attns']):
+          h = stage['attns'][i](h)
+      if stage['upsample'] is not None:
+        h = stage['upsample'](h)
+    return self.conv_out(nnx.swish(self.norm_out(h)))
+
+
+class ImageFrontEnd(nnx.Module):
+  """Encoder/decoder pair for images (`modality='image'`).
+
+  Example (the CI-sized f=4 configuration):
+
+    fe = ImageFrontEnd(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                       attn_resolutions=(8,), z_channels=32, resolution=32,
+                       rngs=nnx.Rngs(0))
+    z = fe.encode(x)        # [B, 32, 32, 3] -> [B, 8, 8, 32]
+    x_hat = fe.decode(z)    # -> [B, 32, 32, 3]
+  """
+
+  modality = 'image'
+
+  def __init__(self, *, ch: int = 128,
+               ch_mult: Sequence[int] = (1, 1, 2, 2, 4),
+               num_res_blocks: int = 2,
+               attn_resolutions: Sequence[int] = (16,),
+               z_channels: int = 256, in_channels: int = 3,
+               resolution: int = 256, num_groups: int = 32,
+               dropout: float = 0.0, dtype: Dtype = jnp.float32,
+               param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    """Builds both halves; arguments as in `ImageEncoder`."""
+    kwargs = dict(ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks,
+                  attn_resolutions=attn_resolutions, z_channels=z_channels,
+                  in_channels=in_channels, resolution=resolution,
+                  num_groups=num_groups, dropout=dropout, dtype=dtype,
+                  param_dtype=param_dtype, rngs=rngs)
+    self.encoder = ImageEncoder(**kwargs)
+    self.decoder = ImageDecoder(**kwargs)
+    self.config = self.encoder.config
+    self.downsample_factor = self.encoder.downsample_factor
+    self.z_channels = self.encoder.z_channels
+    self.in_channels = self.encoder.in_channels
+
+  def encode(self, x: Array, train: bool = False) -> Array:
+    """[B, H, W, C] in [-1, 1] -> latents [B, H/f, W/f, Z]."""
+    return self.encoder(x, train=train)
+
+  def decode(self, z: Array, train: bool = False) -> Array:
+    """Latents [B, h, w, Z] -> images [B, h*f, w*f, C]."""
+    return self.decoder(z, train=train)
+
+  def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """Static: the latent shape `encode` gives for `input_shape` (NHWC)."""
+    return self.encoder.output_shape(tuple(input_shape))
+
+  @property
+  def last_layer(self) -> nnx.Param:
+    """The decoder's output conv kernel (for the adaptive GAN weight)."""
+    return self.decoder.last_layer
+
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    """Autoencodes without quantization: decode(encode(x))."""
+    return self.decode(self.encode(x, train=train), train=train)
