@@ -6,6 +6,7 @@ Variants:
   imagenet_f16  the paper-scale model: 256², ch 128, ch_mult (1,1,2,2,4),
                 16x16 tokens, 1024 codes; for TPU/GPU users (prepared TFDS
                 imagenet2012 in ArrayRecord format).
+  test          a micro model for tests and smoke runs (16², f=2).
 Modifiers (comma-separated): bf16 (mixed precision), steps=N, batch=N.
 
   python -m tokenizers_jax.train --config=configs/vqgan.py:tiny --workdir=/tmp/vqgan
@@ -72,6 +73,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c = base_config()
   if args.variant == 'tiny':
     c.total_steps = 2000
+  elif args.variant == 'test':
+    # The smallest model that exercises every mechanism (tests, smoke runs).
+    c.data.image_size = 16
+    c.data.global_batch_size = 8
+    c.data.eval_batch_size = 16
+    c.model.embed_dim = 8
+    c.model.frontend = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                            attn_resolutions=(8,), z_channels=8, num_groups=4)
+    c.quantizer.codebook_size = 32
+    c.quantizer.codebook_dim = 4
+    c.disc = dict(ndf=8, n_layers=1, norm='batch')
+    c.loss.disc_start = 4
+    c.total_steps = 12
+    c.log_every = 2
+    c.eval_every = 12
+    c.checkpoint_every = 4
+    c.num_eval_batches = 2
+    c.num_grid_images = 4
   elif args.variant == 'imagenet_f16':
     c.data.source = 'imagenet2012'
     c.data.image_size = 256
@@ -97,7 +116,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every = 5_000
     c.num_eval_batches = 50
   else:
-    raise ValueError(f'unknown variant {args.variant!r}; known: tiny, imagenet_f16')
+    raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, imagenet_f16')
   if args.bf16:
     c.mixed_precision = True
   if args.steps:

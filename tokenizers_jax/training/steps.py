@@ -327,8 +327,9 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
 
   def disc_loss(params):
     disc = trainer.merge_disc(params, state['disc']['rest'])
-    logits = disc(jnp.concatenate([x, x_fake.astype(x.dtype)]), train=True)
-    real, fake = jnp.split(logits, 2)
+    # Two calls, as taming does: BatchNorm statistics per call.
+    real = disc(x, train=True)
+    fake = disc(x_fake.astype(x.dtype), train=True)
     loss = disc_factor * d_loss_fn(real, fake)
     new_rest = nnx.to_pure_dict(nnx.state(disc, nnx.Not(nnx.Param)))
     return loss, (new_rest, jnp.mean(real.astype(jnp.float32)),
