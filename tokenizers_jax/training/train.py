@@ -121,8 +121,13 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
     counts = jnp.stack([qf.code_counts(flat[..., g], codebook_size, token_mask)
                         for g in range(flat.shape[-1])])
     m = mask.astype(jnp.float32)
+    # The grid images are gathered to every process (replicated), so that
+    # each host can read them; the rest of the batch stays where it is.
+    k = config.num_grid_images
+    grid = jax.lax.with_sharding_constraint(
+        (x[:k], x_hat[:k]), NamedSharding(mesh, P()))
     return (jnp.sum(per_psnr * m), jnp.sum(per_ssim * m), jnp.sum(m), counts,
-            x_hat)
+            grid)
 
   codebook_size = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
                                     copy=False).quantizer.codebook_size
@@ -133,13 +138,11 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
     if num_batches is not None and num_batches >= 0 and i >= num_batches:
       break
     batch = to_global(local, sharding, batch_size)
-    p, s, n, c, x_hat = step(state, batch)
+    p, s, n, c, grid = step(state, batch)
     totals += np.array([float(p), float(s), float(n)])
     counts = np.asarray(c) if counts is None else counts + np.asarray(c)
     if sample is None:
-      k = config.num_grid_images
-      sample = (np.asarray(jax.device_get(batch['image']))[:k],
-                np.asarray(jax.device_get(x_hat))[:k])
+      sample = tuple(np.asarray(jax.device_get(g)) for g in grid)
   n = max(totals[2], 1)
   probs = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
   ent = -np.sum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0), -1)
