@@ -37,13 +37,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.quantizer = ml_collections.ConfigDict(
       dict(name='vq', codebook_size=256, codebook_dim=8, use_cosine_sim=True,
            kmeans_init=True, commitment_weight=0.25,
-           threshold_ema_dead_code=0.05), type_safe=False)
+           threshold_ema_dead_code=1.0), type_safe=False)
   c.loss = dict(
       recon='l1', recon_weight=1.0, quantizer_weight=1.0,
       perceptual_weight=0.0,
       lpips_vgg_path=ml_collections.FieldReference(None, field_type=str),
       lpips_lin_path=ml_collections.FieldReference(None, field_type=str),
-      gan_loss='hinge', disc_weight=0.8, disc_start=500, adaptive_weight=True,
+      gan_loss='hinge', disc_weight=0.8, disc_start=1000, adaptive_weight=True,
   )
   c.disc = dict(ndf=16, n_layers=2, norm='batch')
   c.optim = dict(lr=2e-3, b1=0.5, b2=0.9, warmup_steps=100, schedule='cosine',

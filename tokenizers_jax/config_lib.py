@@ -41,3 +41,22 @@ class ConfigError(ValueError):
 def require(condition: bool, key: str, message: str) -> None:
   if not condition:
     raise ConfigError(f'config.{key}: {message}')
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+  """'configs/vqgan.py:tiny,bf16' -> that file's `get_config('tiny,bf16')`.
+
+  The same spec the `--config` flag takes, for notebooks and scripts.
+  """
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path, _, arg = spec.partition(':')
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'config file {path!r} not found')
+  module_spec = importlib.util.spec_from_file_location(
+      f'_config_{abs(hash(os.path.abspath(path)))}', path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise AttributeError(f'{path} defines no get_config(arg)')
+  return module.get_config(arg or None)

@@ -168,6 +168,23 @@ class BicubicBaselineTest(parameterized.TestCase):
     with self.assertRaisesRegex(ValueError, 'not divisible'):
       image_eval.bicubic_baseline(jnp.zeros((1, 18, 16, 3)), 4)
 
+  def test_at_bits_storage_budget(self):
+    x = np.stack([_structured(16, 16, 3, 3)])
+    # Full budget: an identity resize, so only the 8-bit storage remains.
+    full = image_eval.bicubic_at_bits(jnp.asarray(x), 16 * 16 * 3 * 8)
+    np.testing.assert_allclose(full, np.round((x + 1) * 127.5) / 127.5 - 1,
+                               atol=1e-6)
+    # 512 bits -> a 5x5x3 image (600 bits >= 512 > 4x4x3x8 = 384): the same
+    # result as keeping 5x5 by hand (the numpy resampling matrices).
+    got = image_eval.bicubic_at_bits(jnp.asarray(x), 512)
+    d, u = _resize_matrix(16, 5), _resize_matrix(5, 16)
+    small = np.einsum('ih,jw,bhwc->bijc', d, d, x.astype(np.float64))
+    small = np.round((np.clip(small, -1, 1) + 1) * 127.5) / 127.5 - 1
+    expected = np.clip(np.einsum('hi,wj,bijc->bhwc', u, u, small), -1, 1)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    with self.assertRaisesRegex(ValueError, 'more than'):
+      image_eval.bicubic_at_bits(jnp.asarray(x), 17 * 17 * 3 * 8)
+
 
 if __name__ == '__main__':
   absltest.main()

@@ -225,7 +225,8 @@ def test_evaluation_metrics_match_independent_computation(tmp_path):
   tok = Tokenizer.from_workdir(str(wd))
   assert tok.step == 4
   config = tok.config
-  psnrs, ssims, codes = [], [], []
+  from tokenizers_jax.evaluators import bicubic_baseline  # pylint: disable=g-import-not-at-top
+  psnrs, ssims, codes, bic = [], [], [], []
   for batch in data_lib.make_eval_dataset(config.data.source,
                                           image_size=config.data.image_size,
                                           global_batch_size=16):
@@ -234,6 +235,10 @@ def test_evaluation_metrics_match_independent_computation(tmp_path):
     ids = tok.encode(x)
     recon = np.asarray(tok.decode(ids), np.float64)
     codes.append(np.asarray(ids).reshape(-1))
+    factor = x.shape[1] // ids.shape[1]
+    for a, b in zip(x.astype(np.float64),
+                    np.asarray(bicubic_baseline(x, factor), np.float64)):
+      bic.append(peak_signal_noise_ratio(a, b, data_range=2.0))
     for a, b in zip(x.astype(np.float64), recon):
       psnrs.append(peak_signal_noise_ratio(a, b, data_range=2.0))
       ssims.append(structural_similarity(a, b, data_range=2.0, channel_axis=-1,
@@ -245,6 +250,7 @@ def test_evaluation_metrics_match_independent_computation(tmp_path):
   assert results['eval/num_images'] == len(psnrs)
   np.testing.assert_allclose(results['eval/psnr'], np.mean(psnrs), rtol=1e-4)
   np.testing.assert_allclose(results['eval/ssim'], np.mean(ssims), rtol=1e-3, atol=1e-4)
+  np.testing.assert_allclose(results['eval/bicubic_psnr'], np.mean(bic), rtol=1e-4)
   np.testing.assert_allclose(results['eval/codebook_usage'], np.mean(counts > 0), rtol=1e-6)
   np.testing.assert_allclose(results['eval/perplexity'],
                              np.exp(-np.sum(p[p > 0] * np.log(p[p > 0]))), rtol=1e-4)

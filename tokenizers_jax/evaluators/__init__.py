@@ -1,5 +1,5 @@
 """Evaluation metrics for reconstructions."""
 
-from tokenizers_jax.evaluators.image import bicubic_baseline, psnr, ssim
+from tokenizers_jax.evaluators.image import bicubic_at_bits, bicubic_baseline, psnr, ssim
 
-__all__ = ['bicubic_baseline', 'psnr', 'ssim']
+__all__ = ['bicubic_at_bits', 'bicubic_baseline', 'psnr', 'ssim']

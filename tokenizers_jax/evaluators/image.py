@@ -23,6 +23,8 @@ Dimension legend:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -158,3 +160,38 @@ def bicubic_baseline(images: Array, factor: int, *,
   if clip_range is not None:
     out = jnp.clip(out, clip_range[0], clip_range[1])
   return out.astype(images.dtype)
+
+
+def bicubic_at_bits(images: Array, bits: float, *, value_bits: int = 8,
+                    data_range: tuple[float, float] = (-1.0, 1.0)) -> Array:
+  """Bicubic baseline with at least `bits` of storage per image.
+
+  Keeps the smallest s×s×C image with s²·C·value_bits >= bits (values stored
+  with `value_bits` of precision over `data_range`), then resizes it back.
+  Compare a tokenizer of h·w codes of log2(K) bits with
+  `bits = h * w * log2(K)`: the baseline never gets fewer bits.
+
+  Args:
+    images: [..., H, W, C].
+    bits: the storage budget per image.
+    value_bits: precision of each stored value.
+    data_range: (low, high) of the pixel values.
+
+  Returns:
+    [..., H, W, C] reconstructions clipped to `data_range`, in the input dtype.
+  """
+  if images.ndim < 3:
+    raise ValueError(f'Expected [..., H, W, C] images, got {images.shape}.')
+  *lead, h, w, c = images.shape
+  side = max(1, math.ceil(math.sqrt(bits / (c * value_bits))))
+  if side > min(h, w):
+    raise ValueError(f'{bits} bits per image is more than {h}x{w}x{c} values '
+                     f'of {value_bits} bits')
+  lo, hi = data_range
+  levels = 2 ** value_bits - 1
+  x = images.astype(jnp.float32)
+  small = jax.image.resize(x, (*lead, side, side, c), 'bicubic')
+  small = jnp.round((jnp.clip(small, lo, hi) - lo) / (hi - lo) * levels)
+  small = small / levels * (hi - lo) + lo
+  out = jax.image.resize(small, (*lead, h, w, c), 'bicubic')
+  return jnp.clip(out, lo, hi).astype(images.dtype)

@@ -300,24 +300,22 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
 
   (main, g_adv), vjp_fn, aux = jax.vjp(gen_forward, state['gen']['params'],
                                        has_aux=True)
+  # The adaptive weight needs each loss's gradient at the decoder's last layer
+  # only: those two VJPs keep just the last-layer output of the gradient tree,
+  # so jit's dead-code elimination cuts them to the disc/loss backward plus one
+  # conv-weight gradient. The full backward pass then runs once, on the
+  # weighted sum of the two losses (the VJP is linear in its cotangent).
   one = jnp.ones((), jnp.float32)
   zero = jnp.zeros((), jnp.float32)
-  (grad_main,) = vjp_fn((one, zero))
-
-  def adv_grads(_):
-    (g,) = vjp_fn((zero, one))
-    return g
-
-  grad_adv = jax.lax.cond(disc_factor > 0, adv_grads,
-                          lambda _: jax.tree.map(jnp.zeros_like, grad_main), None)
   if lc.adaptive_weight:
-    g_weight = adversarial.adaptive_generator_weight(
-        _get(grad_main, trainer.last_layer_path),
-        _get(grad_adv, trainer.last_layer_path), lc.disc_weight)
+    last_main = _get(vjp_fn((one, zero))[0], trainer.last_layer_path)
+    last_adv = _get(vjp_fn((zero, one))[0], trainer.last_layer_path)
+    g_weight = adversarial.adaptive_generator_weight(last_main, last_adv,
+                                                     lc.disc_weight)
   else:
     g_weight = jnp.asarray(lc.disc_weight, jnp.float32)
-  g_weight = g_weight * disc_factor
-  grads = jax.tree.map(lambda a, b: a + g_weight * b, grad_main, grad_adv)
+  g_weight = jax.lax.stop_gradient(g_weight * disc_factor)
+  (grads,) = vjp_fn((one, g_weight.astype(jnp.float32)))
   updates, new_gen_opt = trainer.gen_tx.update(grads, state['gen_opt'],
                                                aux['fwd_params'])
   new_gen_params = optax.apply_updates(aux['fwd_params'], updates)

@@ -11,6 +11,7 @@ mesh of simulated devices, a GPU, or several processes after
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from typing import Any
@@ -101,7 +102,14 @@ def _tuplify(x):
 
 def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
              num_batches: int | None = None) -> tuple[dict, Any]:
-  """PSNR, SSIM, codebook usage and perplexity over the validation split."""
+  """PSNR, SSIM, codebook usage and perplexity over the validation split.
+
+  Also reports two bicubic down/up-sampling baselines: `eval/bicubic_bits_*`
+  stores at least as many bits per image as the tokens do (an s×s×3 image of
+  8-bit values, s²·24 >= tokens·log2(K)): the same compression; and
+  `eval/bicubic_*` keeps H/f×W/f×3 floats at the tokenizer's own downsampling
+  factor f, many more bits than the tokens (a reference, not a bar).
+  """
   sharding = batch_sharding(mesh)
   batch_size = config.data.eval_batch_size
   ds = data_lib.make_eval_dataset(
@@ -115,6 +123,15 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
     x = batch['image']
     per_psnr = image_metrics.psnr(x, x_hat)
     per_ssim = image_metrics.ssim(x, x_hat)
+    factor = x.shape[1] // idx.shape[1]
+    x_bic = image_metrics.bicubic_baseline(x, factor)
+    bic_psnr = image_metrics.psnr(x, x_bic)
+    bic_ssim = image_metrics.ssim(x, x_bic)
+    codes_per_image = math.prod(idx.shape[1:])
+    x_bits = image_metrics.bicubic_at_bits(
+        x, codes_per_image * math.log2(codebook_size))
+    bits_psnr = image_metrics.psnr(x, x_bits)
+    bits_ssim = image_metrics.ssim(x, x_bits)
     mask = batch['mask']
     flat = idx.reshape(idx.shape[0], -1, idx.shape[-1] if idx.ndim > 3 else 1)
     token_mask = jnp.broadcast_to(mask[:, None], flat.shape[:2])
@@ -126,20 +143,22 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
     k = config.num_grid_images
     grid = jax.lax.with_sharding_constraint(
         (x[:k], x_hat[:k]), NamedSharding(mesh, P()))
-    return (jnp.sum(per_psnr * m), jnp.sum(per_ssim * m), jnp.sum(m), counts,
-            grid)
+    sums = jnp.stack([jnp.sum(v * m) for v in
+                      (per_psnr, per_ssim, jnp.ones_like(m), bic_psnr, bic_ssim,
+                       bits_psnr, bits_ssim)])
+    return sums, counts, grid
 
   codebook_size = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
                                     copy=False).quantizer.codebook_size
-  totals = np.zeros(3)
+  totals = np.zeros(7)
   counts = None
   sample = None
   for i, local in enumerate(ds):
     if num_batches is not None and num_batches >= 0 and i >= num_batches:
       break
     batch = to_global(local, sharding, batch_size)
-    p, s, n, c, grid = step(state, batch)
-    totals += np.array([float(p), float(s), float(n)])
+    sums, c, grid = step(state, batch)
+    totals += np.asarray(sums, np.float64)
     counts = np.asarray(c) if counts is None else counts + np.asarray(c)
     if sample is None:
       sample = tuple(np.asarray(jax.device_get(g)) for g in grid)
@@ -152,6 +171,11 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
       'eval/codebook_usage': float(np.mean((counts > 0).mean(-1))),
       'eval/perplexity': float(np.mean(np.exp(ent))),
       'eval/num_images': float(totals[2]),
+      'eval/bicubic_psnr': totals[3] / n,
+      'eval/bicubic_ssim': totals[4] / n,
+      'eval/bicubic_bits_psnr': totals[5] / n,
+      'eval/bicubic_bits_ssim': totals[6] / n,
+      'eval/bits_per_image': float(counts.sum() / n * math.log2(codebook_size)),
   }
   return results, sample
 
