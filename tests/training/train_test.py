@@ -102,6 +102,37 @@ def test_eight_devices_match_one_device(single_device_trainer):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
 
 
+def test_adaptive_weight_and_gradient_match_taming(single_device_trainer):
+  """After disc_start: g_weight = 0.8·‖∇_W nll‖/(‖∇_W g‖+1e-4) at the decoder's
+  last layer W, and the generator gradient is ∇main + g_weight·∇g, both
+  recomputed here with two independent jax.grad calls."""
+  config, mesh, trainer, state, step, batch = single_device_trainer
+  state = dict(state, step=jnp.asarray(config.loss.disc_start + 1, jnp.int32))
+  x = batch['image']
+
+  def losses_of(params):
+    gen = trainer.merge_gen(params, state['gen']['rest'])
+    x_hat, qout = gen(x, train=True)
+    nll = jnp.mean(jnp.abs(x - x_hat))
+    disc = trainer.merge_disc(state['disc']['params'], state['disc']['rest'])
+    g = -jnp.mean(disc(x_hat, train=True))
+    return nll, qout.loss, g
+
+  with jax.set_mesh(mesh):
+    _, metrics = step(state, batch)
+    g_nll = jax.jit(jax.grad(lambda p: losses_of(p)[0]))(state['gen']['params'])
+    g_main = jax.jit(jax.grad(lambda p: sum(losses_of(p)[:2])))(state['gen']['params'])
+    g_adv = jax.jit(jax.grad(lambda p: losses_of(p)[2]))(state['gen']['params'])
+  last = lambda t: np.asarray(steps_lib._get(t, trainer.last_layer_path))  # pylint: disable=protected-access
+  weight = (config.loss.disc_weight * np.linalg.norm(last(g_nll))
+            / (np.linalg.norm(last(g_adv)) + 1e-4))
+  np.testing.assert_allclose(metrics['train/g_weight'], weight, rtol=1e-4)
+  total = jax.tree.map(lambda a, b: np.asarray(a) + weight * np.asarray(b),
+                       g_main, g_adv)
+  norm = np.sqrt(sum(np.sum(np.square(v)) for v in jax.tree.leaves(total)))
+  np.testing.assert_allclose(metrics['train/grad_norm'], norm, rtol=1e-4)
+
+
 def test_nonfinite_batch_is_skipped(single_device_trainer):
   _, mesh, _, state, step, batch = single_device_trainer
   bad = dict(batch, image=batch['image'].at[0, 0, 0, 0].set(jnp.nan))
