@@ -255,7 +255,7 @@ def _tree_where(ok, new, old):
 
 
 def _global_norm(tree) -> Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def train_step(trainer: Trainer, state: dict, batch: dict):
