@@ -128,6 +128,24 @@ def _auto_chunk_size(num_tokens: int, num_codes: int) -> int | None:
   return max(DENSE_SEARCH_MAX_ELEMENTS // max(num_tokens, 1), SEARCH_BLOCK)
 
 
+def _block_argmin(scores: Array) -> tuple[Array, Array]:
+  """(argmin, min) over the last axis (a multiple of SEARCH_BLOCK).
+
+  Same result as `jnp.argmin` (ties -> lowest index), about 2x faster on XLA
+  CPU, whose variadic (value, index) reduction is slow: a plain min per
+  128-code block, the first block holding the row minimum, then an argmin
+  inside that one block only.
+  """
+  n, k = scores.shape
+  blocks = scores.reshape(n, k // SEARCH_BLOCK, SEARCH_BLOCK)
+  block_min = jnp.min(blocks, axis=-1)
+  blk = jnp.argmin(block_min, axis=-1).astype(jnp.int32)
+  row = jnp.take_along_axis(blocks, blk[:, None, None], axis=1)[:, 0]
+  local = jnp.argmin(row, axis=-1).astype(jnp.int32)
+  best = jnp.take_along_axis(block_min, blk[:, None], axis=-1)[:, 0]
+  return blk * SEARCH_BLOCK + local, best
+
+
 def nearest_code(
     z: Array,
     codebook: Array,
@@ -168,9 +186,7 @@ def nearest_code(
                    constant_values=jnp.inf)
   cb = jnp.pad(codebook, ((0, padded - num_codes), (0, 0)))
   if chunk_size is None or chunk_size >= padded:
-    scores = code_scores(z, cb, sqnorm)
-    idx = jnp.argmin(scores, axis=-1).astype(jnp.int32)
-    return idx, jnp.take_along_axis(scores, idx[:, None], axis=-1)[:, 0]
+    return _block_argmin(code_scores(z, cb, sqnorm))
 
   num_chunks = padded // chunk_size
   cb = cb.reshape(num_chunks, chunk_size, -1)
@@ -180,9 +196,7 @@ def nearest_code(
   def body(carry, chunk):
     best, best_idx = carry
     cb_c, sq_c, off = chunk
-    s = code_scores(z, cb_c, sq_c)
-    local = jnp.argmin(s, axis=-1).astype(jnp.int32)
-    local_min = jnp.take_along_axis(s, local[:, None], axis=-1)[:, 0]
+    local, local_min = _block_argmin(code_scores(z, cb_c, sq_c))
     better = local_min < best
     return (
         jnp.where(better, local_min, best),
