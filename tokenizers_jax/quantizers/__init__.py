@@ -9,6 +9,8 @@ from tokenizers_jax.quantizers.base import Quantizer, QuantizerOutput, Quantizer
 from tokenizers_jax.quantizers.fq import FactorizedVQ
 from tokenizers_jax.quantizers.fsq import FSQ
 from tokenizers_jax.quantizers.lfq import LFQ
+from tokenizers_jax.quantizers import perturbation
+from tokenizers_jax.quantizers.perturbation import LatentPerturbation
 from tokenizers_jax.quantizers.registry import QUANTIZERS, get_quantizer_class, make_quantizer
 from tokenizers_jax.quantizers.rvq import ResidualVQ
 from tokenizers_jax.quantizers.vq import VectorQuantizer
@@ -21,7 +23,8 @@ ResidualVectorQuantizer = ResidualVQ
 
 __all__ = [
     'FSQ', 'FactorizedVQ', 'FactorizedVectorQuantizer', 'FiniteScalarQuantizer',
-    'LFQ', 'LookupFreeQuantizer', 'QUANTIZERS', 'Quantizer', 'QuantizerOutput',
-    'QuantizerState', 'ResidualVQ', 'ResidualVectorQuantizer', 'VectorQuantizer',
-    'functional', 'get_quantizer_class', 'make_quantizer',
+    'LFQ', 'LatentPerturbation', 'LookupFreeQuantizer', 'QUANTIZERS',
+    'Quantizer', 'QuantizerOutput', 'QuantizerState', 'ResidualVQ',
+    'ResidualVectorQuantizer', 'VectorQuantizer',
+    'functional', 'get_quantizer_class', 'make_quantizer', 'perturbation',
 ]
