@@ -43,6 +43,17 @@ def require(condition: bool, key: str, message: str) -> None:
     raise ConfigError(f'config.{key}: {message}')
 
 
+def apply_modifiers(c: ml_collections.ConfigDict, args) -> ml_collections.ConfigDict:
+  """The common variant modifiers: bf16, steps=N, batch=N."""
+  if args.get('bf16'):
+    c.mixed_precision = True
+  if args.get('steps'):
+    c.total_steps = args.steps
+  if args.get('batch'):
+    c.data.global_batch_size = args.batch
+  return c
+
+
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
   """'configs/vqgan.py:tiny,bf16' -> that file's `get_config('tiny,bf16')`.
 
@@ -60,3 +71,71 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   if not hasattr(module, 'get_config'):
     raise AttributeError(f'{path} defines no get_config(arg)')
   return module.get_config(arg or None)
+
+
+def image_base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every 2D image tokenizer config (configs/vqgan.py,
+  lfq.py, wetok.py, fqgan.py): the tiny VQ-GAN on the embedded photos."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model_name = 'vqgan'
+  c.total_steps = 1000
+  c.mixed_precision = False
+  c.data = dict(source='skimage_photos', image_size=32, global_batch_size=16,
+                data_dir=ml_collections.FieldReference(None, field_type=str),
+                random_flip=True, eval_batch_size=32)
+  c.model = dict(
+      embed_dim=32,
+      frontend_name='taming',  # or 'magvit2' (configs/lfq.py, wetok.py)
+      frontend=dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                    attn_resolutions=(8,), z_channels=32, num_groups=8),
+      pre_quant_norm=False,
+  )
+  # (factor, steps): entropy-loss weight annealing (MAGVIT-v2), off if None.
+  c.model.entropy_anneal = None
+  # Latent perturbation (Robust Latent Matters), off if None; e.g.
+  # dict(alpha=1.0, beta=0.1, delta=100, anneal_start=..., anneal_end=...).
+  c.model.perturb = None
+  c.quantizer = ml_collections.ConfigDict(
+      dict(name='vq', codebook_size=256, codebook_dim=8, use_cosine_sim=True,
+           kmeans_init=True, commitment_weight=0.25,
+           threshold_ema_dead_code=1.0), type_safe=False)
+  c.loss = dict(
+      recon='l1', recon_weight=1.0, quantizer_weight=1.0,
+      perceptual_weight=0.0,
+      lpips_vgg_path=ml_collections.FieldReference(None, field_type=str),
+      lpips_lin_path=ml_collections.FieldReference(None, field_type=str),
+      gan_loss='hinge', disc_weight=0.8, disc_start=1000, adaptive_weight=True,
+      # Generator loss when it differs from the discriminator's (MAGVIT-v2:
+      # 'vanilla' = non-saturating against a hinge discriminator).
+      g_loss=ml_collections.FieldReference(None, field_type=str),
+      lecam_weight=0.0, lecam_decay=0.999,
+  )
+  # Evaluation: rFID/pFID need the FID Inception weights as a local file
+  # (pt_inception-2015-12-05 layout); without it they are not computed.
+  # pFID decodes latents perturbed with (alpha, beta, delta).
+  c.eval = dict(
+      inception_path=ml_collections.FieldReference(None, field_type=str),
+      pfid_perturb=dict(alpha=0.1, beta=1.0, delta=8),
+  )
+  c.disc = dict(ndf=16, n_layers=2, norm='batch')
+  c.optim = dict(lr=2e-3, b1=0.5, b2=0.9, warmup_steps=100, schedule='cosine',
+                 end_lr_factor=0.1, grad_clip=1.0, weight_decay=0.0)
+  c.disc_optim = dict(lr=2e-3, b1=0.5, b2=0.9, warmup_steps=0,
+                      schedule='constant', end_lr_factor=1.0, grad_clip=1.0,
+                      weight_decay=0.0)
+  c.ema_decay = 0.99
+  c.mesh = dict(shape=(-1, 1, 1), axes=('data', 'fsdp', 'model'))
+  c.sharding_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('codebook', 'model'),
+  )
+  c.log_every = 50
+  c.eval_every = 500
+  c.checkpoint_every = 250
+  c.keep_checkpoints = 3
+  c.max_consecutive_nonfinite = 5
+  c.num_eval_batches = -1  # -1: the whole validation split.
+  c.num_grid_images = 8
+  return c

@@ -20,6 +20,24 @@ def numpy_nearest(z, cb):
   return d.argmin(-1)
 
 
+def _brute_force_lfq_entropy(z, mask=None, temperature=0.01):
+  """(per-sample, codebook) entropy by explicit softmax over all codes, float64."""
+  n, groups, bits = z.shape
+  codes = np.array(list(itertools.product([-1, 1], repeat=bits)), np.float64)
+  w = np.ones(n) if mask is None else mask.astype(np.float64)
+  ps_ref, cb_ref = [], []
+  for g in range(groups):
+    logits = 2 * z[:, g].astype(np.float64) @ codes.T / temperature
+    logits -= logits.max(-1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(-1, keepdims=True)
+    h = -(p * np.log(np.maximum(p, 1e-300))).sum(-1)
+    ps_ref.append((h * w).sum() / w.sum())
+    avg = (p * w[:, None]).sum(0) / w.sum()
+    cb_ref.append(-(avg * np.log(np.maximum(avg, 1e-300))).sum())
+  return np.mean(ps_ref), np.mean(cb_ref)
+
+
 class NearestCodeTest(parameterized.TestCase):
 
   @parameterized.parameters(8, 96)
@@ -160,21 +178,34 @@ class LFQTest(parameterized.TestCase):
     ps, cb = F.lfq_entropy_terms(jnp.asarray(z), temperature=0.01,
                                  mask=None if mask is None else jnp.asarray(mask),
                                  max_block_elements=4)
-    # Brute force: explicit softmax over all 2^bits codes per group, float64.
-    codes = np.array(list(itertools.product([-1, 1], repeat=bits)), np.float64)
-    w = np.ones(50) if mask is None else mask.astype(np.float64)
-    ps_ref, cb_ref = [], []
-    for g in range(groups):
-      logits = 2 * z[:, g].astype(np.float64) @ codes.T / 0.01
-      logits -= logits.max(-1, keepdims=True)
-      p = np.exp(logits)
-      p /= p.sum(-1, keepdims=True)
-      h = -(p * np.log(np.maximum(p, 1e-300))).sum(-1)
-      ps_ref.append((h * w).sum() / w.sum())
-      avg = (p * w[:, None]).sum(0) / w.sum()
-      cb_ref.append(-(avg * np.log(np.maximum(avg, 1e-300))).sum())
-    np.testing.assert_allclose(ps, np.mean(ps_ref), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(cb, np.mean(cb_ref), rtol=1e-4, atol=1e-6)
+    ps_ref, cb_ref = _brute_force_lfq_entropy(z, mask)
+    np.testing.assert_allclose(ps, ps_ref, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(cb, cb_ref, rtol=1e-4, atol=1e-6)
+
+  def test_entropy_gradient_finite_when_probabilities_underflow(self):
+    # Unit-scale inputs at τ=0.01 give logits of ~±400: most codes' batch
+    # probability underflows to exactly 0 in float32. The gradient must stay
+    # finite (an xlogy formulation gives inf * 0 = NaN) and match float64
+    # finite differences of the brute-force value along a random direction.
+    rng = np.random.default_rng(0)
+    z = jnp.asarray(rng.normal(size=(16, 1, 6)).astype(np.float32))
+
+    def total(z):
+      ps, cb = F.lfq_entropy_terms(z, temperature=0.01)
+      return ps - cb
+
+    g = jax.grad(total)(z)
+    self.assertTrue(np.all(np.isfinite(np.asarray(g))))
+    z64 = np.asarray(z, np.float64)
+    eps = 1e-6
+    fd = np.zeros_like(z64)
+    for i in np.ndindex(z64.shape):
+      up, down = z64.copy(), z64.copy()
+      up[i] += eps
+      down[i] -= eps
+      fd[i] = (np.subtract(*_brute_force_lfq_entropy(up))
+               - np.subtract(*_brute_force_lfq_entropy(down))) / (2 * eps)
+    np.testing.assert_allclose(g, fd, rtol=1e-2, atol=1e-3)
 
 
 class StatsTest(parameterized.TestCase):

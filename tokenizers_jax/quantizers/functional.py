@@ -368,7 +368,10 @@ def lfq_entropy_terms(
     p_lo = jnp.exp(_log_code_probs(lp1_lo, lp0_lo, table))  # [N, G, rows]
     p_lo = jnp.where(ok[None, None, :], p_lo, 0.0)
     p_bar = jnp.einsum('ngi,ngj->gij', p_lo, p_hi)
-    return -jnp.sum(jax.scipy.special.xlogy(p_bar, p_bar))
+    # p·log(max(p, tiny)), not xlogy: codes whose probability underflows to 0
+    # (saturated logits) would give xlogy an infinite derivative, and
+    # inf * 0 = NaN in the backward pass. The value is the same.
+    return -jnp.sum(p_bar * jnp.log(jnp.maximum(p_bar, 1e-30)))
 
   def body(total, block):
     return total + block_entropy(*block), None

@@ -56,7 +56,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       f'{size} is not divisible by the downsampling factor {factor} '
       f'(2**(len(model.frontend.ch_mult)-1))')
   res = size // factor
-  for r in fe.attn_resolutions:
+  for r in _opt(fe, 'attn_resolutions', ()):
     req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
         f'{r} is not a feature-map size of a {size}px image')
   req(config.model.embed_dim > 0, 'model.embed_dim', 'must be positive')
@@ -95,6 +95,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   req(config.loss.recon in ('l1', 'l2'), 'loss.recon', "must be 'l1' or 'l2'")
   req(config.loss.gan_loss in ('hinge', 'vanilla', 'least_squares'),
       'loss.gan_loss', 'must be hinge, vanilla or least_squares')
+  req(_opt(config.loss, 'g_loss') in (None, 'hinge', 'vanilla', 'least_squares'),
+      'loss.g_loss', 'must be hinge, vanilla (non-saturating) or least_squares')
+  req(_opt(config.loss, 'lecam_weight', 0.0) >= 0, 'loss.lecam_weight',
+      'must be >= 0')
+  req(_opt(config.model, 'frontend_name', 'taming') in ('taming', 'magvit2'),
+      'model.frontend_name', "must be 'taming' or 'magvit2'")
+  perturb = _opt(config.model, 'perturb')
+  if perturb:
+    for key in ('alpha', 'beta', 'delta'):
+      req(key in perturb, f'model.perturb.{key}', 'missing')
+    req(0 <= perturb['alpha'] <= 1 and 0 <= perturb['beta'] <= 1,
+        'model.perturb', 'alpha and beta must lie in [0, 1]')
+    req(perturb['delta'] >= 1, 'model.perturb.delta', 'must be >= 1')
   if config.loss.perceptual_weight > 0:
     req(bool(config.loss.lpips_vgg_path) and bool(config.loss.lpips_lin_path),
         'loss.lpips_vgg_path',
@@ -110,15 +123,39 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 # -----------------------------------------------------------------------------
 
 
+def _opt(cfg, key, default=None):
+  return cfg[key] if key in cfg else default
+
+
+def _plain(v):
+  return v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
+
+
 def _build_vqgan(config, rngs):
+  """VQ-GAN and the other 2D-grid tokenizers (LFQ-GAN, WeTok): one class."""
   dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
-  return VQGAN(frontend=dict(config.model.frontend),
+  m = config.model
+  return VQGAN(frontend=dict(m.frontend),
                quantizer=dict(config.quantizer),
-               embed_dim=config.model.embed_dim,
-               image_size=config.data.image_size, dtype=dtype, rngs=rngs)
+               embed_dim=m.embed_dim,
+               image_size=config.data.image_size,
+               frontend_name=_opt(m, 'frontend_name', 'taming'),
+               pre_quant_norm=_opt(m, 'pre_quant_norm', False),
+               entropy_anneal=_opt(m, 'entropy_anneal'),
+               perturb=_plain(_opt(m, 'perturb')),
+               dtype=dtype, rngs=rngs)
 
 
-MODELS = {'vqgan': _build_vqgan}
+def _build_fqgan(config, rngs):
+  from tokenizers_jax.models.fqgan import FQGAN  # pylint: disable=g-import-not-at-top
+  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  kwargs = {k: _plain(v) for k, v in config.model.items()}
+  return FQGAN(image_size=config.data.image_size, dtype=dtype, rngs=rngs,
+               **kwargs)
+
+
+MODELS = {'vqgan': _build_vqgan, 'lfqgan': _build_vqgan, 'wetok': _build_vqgan,
+          'fqgan': _build_fqgan}
 
 
 def build_models(config, seed: int | None = None):
@@ -224,12 +261,17 @@ def create(config, mesh) -> tuple[Trainer, dict, dict]:
       'nonfinite_consecutive': jnp.zeros((), jnp.int32),
       'nonfinite_total': jnp.zeros((), jnp.int32),
   }
+  if _opt(config.loss, 'lecam_weight', 0.0):
+    host_state['lecam'] = {'real': jnp.zeros((), jnp.float32),
+                           'fake': jnp.zeros((), jnp.float32)}
   shardings = {
       'step': replicated, 'gen': gen_sh, 'disc': disc_sh,
       'ema': gen_sh['params'] if config.ema_decay > 0 else {},
       'rng': replicated,
       'nonfinite_consecutive': replicated, 'nonfinite_total': replicated,
   }
+  if 'lecam' in host_state:
+    shardings['lecam'] = {'real': replicated, 'fake': replicated}
   state = jax.device_put(host_state, shardings)
   # Optimizer states: created under jit, sharded like their parameters.
   gen_opt = jax.jit(trainer.gen_tx.init)(state['gen']['params'])
@@ -271,13 +313,15 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
     x = x.astype(jnp.bfloat16)
   step = state['step']
   disc_factor = adversarial.disc_start_gate(step, lc.disc_start)
-  g_loss_fn = adversarial.get_g_loss(lc.gan_loss)
+  g_loss_fn = adversarial.get_g_loss(_opt(lc, 'g_loss') or lc.gan_loss)
   d_loss_fn = adversarial.get_d_loss(lc.gan_loss)
+  lecam_weight = _opt(lc, 'lecam_weight', 0.0)
+  model_rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), step)
 
   # ---- generator: one forward, two backward passes (rec+quant, adversarial).
   def gen_forward(params):
     gen = trainer.merge_gen(params, state['gen']['rest'])
-    x_hat, qout = gen(x, train=True)
+    x_hat, qout = gen(x, train=True, step=step, rng=model_rng)
     rec = _recon_loss(lc.recon, x, x_hat)
     nll = lc.recon_weight * rec
     perceptual = jnp.zeros((), jnp.float32)
@@ -328,12 +372,18 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
     # Two calls, as taming does: BatchNorm statistics per call.
     real = disc(x, train=True)
     fake = disc(x_fake.astype(x.dtype), train=True)
-    loss = disc_factor * d_loss_fn(real, fake)
+    loss = d_loss_fn(real, fake)
+    lecam = jnp.zeros((), jnp.float32)
+    if lecam_weight:
+      lecam = adversarial.lecam_regularizer(
+          real, fake, state['lecam']['real'], state['lecam']['fake'])
+      loss = loss + lecam_weight * lecam
+    loss = disc_factor * loss
     new_rest = nnx.to_pure_dict(nnx.state(disc, nnx.Not(nnx.Param)))
     return loss, (new_rest, jnp.mean(real.astype(jnp.float32)),
-                  jnp.mean(fake.astype(jnp.float32)))
+                  jnp.mean(fake.astype(jnp.float32)), lecam)
 
-  (d_loss, (new_disc_rest, real_mean, fake_mean)), d_grads = (
+  (d_loss, (new_disc_rest, real_mean, fake_mean, lecam)), d_grads = (
       jax.value_and_grad(disc_loss, has_aux=True)(state['disc']['params']))
   d_updates, new_disc_opt = trainer.disc_tx.update(
       d_grads, state['disc_opt'], state['disc']['params'])
@@ -360,6 +410,11 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
       'nonfinite_consecutive': jnp.zeros((), jnp.int32),
       'nonfinite_total': state['nonfinite_total'],
   }
+  if lecam_weight:
+    new_real, new_fake = adversarial.lecam_ema_update(
+        state['lecam']['real'], state['lecam']['fake'], real_mean, fake_mean,
+        decay=_opt(lc, 'lecam_decay', 0.999))
+    proposed['lecam'] = {'real': new_real, 'fake': new_fake}
   skipped = dict(state, step=step + 1,
                  nonfinite_consecutive=state['nonfinite_consecutive'] + 1,
                  nonfinite_total=state['nonfinite_total'] + 1)
@@ -376,6 +431,7 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
       'train/d_loss': d_loss,
       'train/logits_real': real_mean,
       'train/logits_fake': fake_mean,
+      'train/lecam': lecam,
       'train/grad_norm': _global_norm(grads),
       'train/skipped': 1 - ok.astype(jnp.int32),
       'train/nonfinite_consecutive': new_state['nonfinite_consecutive'],

@@ -1,0 +1,102 @@
+r"""MAGVIT-v2 / Open-MAGVIT2 LFQ tokenizer on the shared training system.
+
+The attention-free MAGVIT-v2 front end (adaptive GroupNorm in the decoder,
+depth-to-space upsampling), GroupNorm without affine before a lookup-free
+quantizer, entropy loss (weight 0.1, temperature 0.01) with MAGVIT-v2's
+annealing, commitment 0.25, non-saturating generator loss at a fixed weight
+0.1 against a hinge PatchGAN with LeCam regularisation.
+
+Variants:
+  tiny          32² crops of the embedded photos, f=4 (8x8 tokens), 10-bit LFQ
+                (1024 implicit codes); trains on a 2-core CPU.
+  imagenet_256  Open-MAGVIT2 256_L: ch 128, ch_mult (1,1,2,2,4), 4 res blocks,
+                18 bits (2^18 codes), 16x16 tokens, LeCam 0.05.
+  imagenet_128  the 128² model: ch_mult (1,2,2,4), LeCam 0.01.
+  test          a micro model for tests and smoke runs.
+Modifiers: bf16, steps=N, batch=N.
+
+  python -m tokenizers_jax.train --config=configs/lfq.py:tiny --workdir=/tmp/lfq
+"""
+
+import ml_collections
+
+from tokenizers_jax import config_lib
+
+
+def lfq_config(variant: str) -> ml_collections.ConfigDict:
+  """The LFQ-GAN config (also the base of configs/wetok.py)."""
+  c = config_lib.image_base_config()
+  c.model_name = 'lfqgan'
+  c.model.frontend_name = 'magvit2'
+  c.model.frontend = dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
+                          z_channels=32, num_groups=8)
+  c.model.pre_quant_norm = True
+  c.model.embed_dim = 10
+  c.quantizer = ml_collections.ConfigDict(
+      dict(name='lfq', codebook_size=2**10, entropy_loss_weight=0.1,
+           commitment_loss_weight=0.25, entropy_temperature=0.01,
+           diversity_gamma=1.0), type_safe=False)
+  # Entropy weight x3 at step 0, decaying linearly to x1.
+  c.model.entropy_anneal = (3.0, 1000)
+  c.loss.g_loss = 'vanilla'  # non-saturating
+  c.loss.gan_loss = 'hinge'
+  c.loss.adaptive_weight = False
+  c.loss.disc_weight = 0.1
+  c.loss.lecam_weight = 0.05
+  if variant == 'tiny':
+    c.total_steps = 2000
+    c.loss.recon = 'l2'
+    c.loss.disc_start = 1000
+  elif variant == 'test':
+    c.data.image_size = 16
+    c.data.global_batch_size = 8
+    c.data.eval_batch_size = 16
+    c.model.frontend = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                            z_channels=8, num_groups=4)
+    c.model.embed_dim = 6
+    c.quantizer.codebook_size = 2**6
+    c.model.entropy_anneal = (3.0, 8)
+    c.disc = dict(ndf=8, n_layers=1, norm='batch')
+    c.loss.disc_start = 4
+    c.total_steps = 12
+    c.log_every = 2
+    c.eval_every = 12
+    c.checkpoint_every = 4
+    c.num_eval_batches = 2
+    c.num_grid_images = 4
+  elif variant in ('imagenet_256', 'imagenet_128'):
+    size = 256 if variant == 'imagenet_256' else 128
+    c.data.source = 'imagenet2012'
+    c.data.image_size = size
+    c.data.global_batch_size = 256
+    c.model.frontend = dict(
+        ch=128, ch_mult=(1, 1, 2, 2, 4) if size == 256 else (1, 2, 2, 4),
+        num_res_blocks=4, z_channels=18, num_groups=32)
+    c.model.embed_dim = 18
+    c.quantizer.codebook_size = 2**18
+    c.model.entropy_anneal = (3.0, 10_000)
+    c.loss.recon = 'l1'
+    c.loss.perceptual_weight = 1.0
+    c.loss.disc_start = 0
+    c.loss.lecam_weight = 0.05 if size == 256 else 0.01
+    c.disc = dict(ndf=64, n_layers=3, norm='batch')
+    c.optim.lr = 1e-4
+    c.optim.warmup_steps = 0
+    c.optim.schedule = 'constant'
+    c.disc_optim.lr = 1e-4
+    c.ema_decay = 0.999
+    c.total_steps = 1_350_000
+    c.log_every = 100
+    c.eval_every = 10_000
+    c.checkpoint_every = 5_000
+    c.num_eval_batches = 50
+  else:
+    raise ValueError(f'unknown variant {variant!r}; known: tiny, test, '
+                     'imagenet_256, imagenet_128')
+  return c
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = config_lib.parse_arg(arg, variant='tiny', bf16=False, steps=0, batch=0)
+  c = lfq_config(args.variant)
+  return config_lib.apply_modifiers(c, args)
