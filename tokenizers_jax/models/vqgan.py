@@ -139,9 +139,10 @@ class VQGAN(nnx.Module):
       factor = (perturb_lib.anneal_factor(step, p.get('anneal_start'),
                                           p.get('anneal_end'))
                 if step is not None else 1.0)
-      zq, info = perturb_lib.perturb_output(
+      perturbed, info = perturb_lib.perturb_output(
           self.quantizer, out, rng, alpha=p['alpha'], beta=p['beta'] * factor,
           delta=p['delta'])
+      zq = perturbed.quantized
       out = out.replace(metrics=dict(
           out.metrics, perturbed_samples=info['sample_fraction'],
           perturbed_codes=info['code_fraction']))

@@ -441,8 +441,15 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
   return new_state, metrics
 
 
-def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True):
-  """Reconstructions and token indices (eval mode) for one batch."""
+def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True,
+              perturb: dict | None = None, key: Array | None = None):
+  """Reconstructions and token indices (eval mode) for one batch.
+
+  With `perturb` = dict(alpha, beta, delta) and a `key`, also returns the
+  reconstructions decoded from perturbed latents (for pFID): a fraction beta
+  of the images has each code replaced with probability alpha by one of its
+  delta nearest codes. Returns (x_hat, indices) or (x_hat, indices, x_pert).
+  """
   use_ema = use_ema and trainer.config.ema_decay > 0
   params = state['ema'] if use_ema else state['gen']['params']
   gen = trainer.merge_gen(params, state['gen']['rest'])
@@ -450,4 +457,18 @@ def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True):
   if trainer.config.mixed_precision:
     x = x.astype(jnp.bfloat16)
   x_hat, qout = gen(x, train=False)
-  return jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0), qout.indices
+  x_hat = jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0)
+  if perturb is None:
+    return x_hat, qout.indices
+  from tokenizers_jax.quantizers import perturbation as perturb_lib  # pylint: disable=g-import-not-at-top
+
+  def hook(quantizer, out):
+    # Small (test-sized) codebooks have fewer than delta other codes.
+    delta = min(perturb['delta'], quantizer.codebook_size - 1)
+    new, _ = perturb_lib.perturb_output(
+        quantizer, out, key, alpha=perturb['alpha'], beta=perturb['beta'],
+        delta=delta)
+    return new.quantized
+
+  x_pert, _ = gen(x, train=False, quantizer_hook=hook)
+  return x_hat, qout.indices, jnp.clip(x_pert.astype(jnp.float32), -1.0, 1.0)

@@ -100,9 +100,45 @@ def _tuplify(x):
 # ============================================================================
 
 
+_INCEPTION_CACHE: dict[str, Any] = {}
+
+
+def load_inception(path: str | None):
+  """The FID InceptionV3 from a local weights file (cached), or None."""
+  if not path:
+    return None
+  if path not in _INCEPTION_CACHE:
+    from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+    _INCEPTION_CACHE[path] = fid_lib.InceptionV3.from_file(path)
+  return _INCEPTION_CACHE[path]
+
+
+def fid_note(config) -> str | None:
+  """Why rFID/pFID were not computed, or None when they were."""
+  if _opt_eval(config, 'inception_path'):
+    return None
+  return ('rFID and pFID not computed: no FID Inception weights file '
+          '(set config.eval.inception_path to a local '
+          'pt_inception-2015-12-05 state dict)')
+
+
+def _opt_eval(config, key, default=None):
+  ev = config.get('eval', None)
+  if ev is None or key not in ev:
+    return default
+  return ev[key]
+
+
 def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
              num_batches: int | None = None) -> tuple[dict, Any]:
-  """PSNR, SSIM, codebook usage and perplexity over the validation split.
+  """PSNR, SSIM, codebook usage and perplexity over the validation split,
+  the same for reconstructions from perturbed latents (`eval/p_psnr`,
+  `eval/p_ssim`), and rFID and pFID when the Inception weights are given.
+
+  Perturbed latents (config.eval.pfid_perturb = alpha, beta, delta; fixed
+  keys, so every evaluation perturbs the same way): a fraction beta of the
+  images has each code replaced with probability alpha by one of its delta
+  nearest codes (Robust Latent Matters' pFID).
 
   Also reports two bicubic down/up-sampling baselines: `eval/bicubic_bits_*`
   stores at least as many bits per image as the tokens do (an s×s×3 image of
@@ -110,19 +146,44 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   `eval/bicubic_*` keeps H/f×W/f×3 floats at the tokenizer's own downsampling
   factor f, many more bits than the tokens (a reference, not a bar).
   """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   sharding = batch_sharding(mesh)
   batch_size = config.data.eval_batch_size
   ds = data_lib.make_eval_dataset(
       config.data.source, image_size=config.data.image_size,
       global_batch_size=batch_size, data_dir=config.data.data_dir,
       process_index=jax.process_index(), process_count=jax.process_count())
+  perturb = _opt_eval(config, 'pfid_perturb')
+  perturb = dict(perturb) if perturb else None
+  inception = load_inception(_opt_eval(config, 'inception_path'))
+  inc_graph, inc_state = (nnx.split(inception) if inception is not None
+                          else (None, None))
+  replicated = NamedSharding(mesh, P())
+  if inc_state is not None:
+    inc_state = jax.device_put(inc_state, replicated)
+  base_key = jax.random.PRNGKey(config.seed + 3)
+
+  def feature_sums(inc_state, images, m):
+    """Masked count, sum and sum of outer products of pool3 features."""
+    f = nnx.merge(inc_graph, inc_state)(images)
+    f = f * m[:, None]
+    outer = jnp.einsum('bi,bj->ij', f, f, precision=jax.lax.Precision.HIGHEST)
+    return jax.lax.with_sharding_constraint(
+        (jnp.sum(f, 0), outer), replicated)
 
   @jax.jit
-  def step(state, batch):
-    x_hat, idx = steps_lib.eval_step(trainer, state, batch, use_ema=use_ema)
+  def step(state, batch, inc_state, key):
+    out = steps_lib.eval_step(trainer, state, batch, use_ema=use_ema,
+                              perturb=perturb, key=key)
+    x_hat, idx = out[:2]
     x = batch['image']
     per_psnr = image_metrics.psnr(x, x_hat)
     per_ssim = image_metrics.ssim(x, x_hat)
+    if perturb is not None:
+      p_psnr = image_metrics.psnr(x, out[2])
+      p_ssim = image_metrics.ssim(x, out[2])
+    else:
+      p_psnr = p_ssim = jnp.zeros_like(per_psnr)
     factor = x.shape[1] // idx.shape[1]
     x_bic = image_metrics.bicubic_baseline(x, factor)
     bic_psnr = image_metrics.psnr(x, x_bic)
@@ -141,27 +202,41 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
     # The grid images are gathered to every process (replicated), so that
     # each host can read them; the rest of the batch stays where it is.
     k = config.num_grid_images
-    grid = jax.lax.with_sharding_constraint(
-        (x[:k], x_hat[:k]), NamedSharding(mesh, P()))
+    grid = jax.lax.with_sharding_constraint((x[:k], x_hat[:k]), replicated)
     sums = jnp.stack([jnp.sum(v * m) for v in
                       (per_psnr, per_ssim, jnp.ones_like(m), bic_psnr, bic_ssim,
-                       bits_psnr, bits_ssim)])
-    return sums, counts, grid
+                       bits_psnr, bits_ssim, p_psnr, p_ssim)])
+    feats = None
+    if inc_state is not None:
+      feats = [feature_sums(inc_state, v, m) for v in
+               ((x, x_hat) if perturb is None else (x, x_hat, out[2]))]
+    return sums, counts, grid, feats
 
   codebook_size = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
-                                    copy=False).quantizer.codebook_size
-  totals = np.zeros(7)
+                                    copy=False).codebook_size
+  totals = np.zeros(9)
   counts = None
   sample = None
+  fid_stats = None
   for i, local in enumerate(ds):
     if num_batches is not None and num_batches >= 0 and i >= num_batches:
       break
     batch = to_global(local, sharding, batch_size)
-    sums, c, grid = step(state, batch)
+    sums, c, grid, feats = step(state, batch, inc_state,
+                                jax.random.fold_in(base_key, i))
     totals += np.asarray(sums, np.float64)
     counts = np.asarray(c) if counts is None else counts + np.asarray(c)
     if sample is None:
       sample = tuple(np.asarray(jax.device_get(g)) for g in grid)
+    if feats is not None:
+      from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+      if fid_stats is None:
+        fid_stats = [fid_lib.FeatureStats(2048) for _ in feats]
+      n_valid = int(np.asarray(sums)[2])
+      for acc, (total, outer) in zip(fid_stats, feats):
+        acc.count += n_valid
+        acc.total += np.asarray(total, np.float64)
+        acc.outer += np.asarray(outer, np.float64)
   n = max(totals[2], 1)
   probs = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
   ent = -np.sum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0), -1)
@@ -177,6 +252,14 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
       'eval/bicubic_bits_ssim': totals[6] / n,
       'eval/bits_per_image': float(counts.sum() / n * math.log2(codebook_size)),
   }
+  if perturb is not None:
+    results['eval/p_psnr'] = totals[7] / n
+    results['eval/p_ssim'] = totals[8] / n
+  if fid_stats is not None:
+    from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+    results['eval/rfid'] = fid_lib.fid_from_features(fid_stats[0], fid_stats[1])
+    if len(fid_stats) > 2:
+      results['eval/pfid'] = fid_lib.fid_from_features(fid_stats[0], fid_stats[2])
   return results, sample
 
 
@@ -251,6 +334,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                               metrics_lib.image_grid(*sample))
         logging.info('eval at %d: %s', done,
                      ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
+        if fid_note(config):
+          logging.info('%s', fid_note(config))
       if done % config.checkpoint_every == 0 or done == end:
         ckpt_lib.save(mgr, done, state, it, force=True)
     mgr.wait_until_finished()
@@ -272,6 +357,9 @@ def evaluate_workdir(workdir: str, *, use_ema: bool = True,
     results, sample = evaluate(trainer, state, config, mesh, use_ema=use_ema,
                                num_batches=num_batches)
   results['step'] = step
+  note = fid_note(config)
+  if note:
+    results['note'] = note
   writer = metrics_lib.MetricWriter(workdir)
   if sample is not None:
     results['image_grid'] = writer.write_images(step, 'eval_reconstructions',
