@@ -222,8 +222,16 @@ def gather_codes(codebook: Array, indices: Array) -> Array:
 
 
 def entropy(probs: Array, axis: int = -1) -> Array:
-  """Shannon entropy in nats; 0·log 0 = 0."""
-  return -jnp.sum(jax.scipy.special.xlogy(probs, probs), axis=axis)
+  """Shannon entropy in nats; 0·log 0 = 0.
+
+  Computed as p·log(max(p, tiny)) rather than xlogy: where a probability
+  underflows to exactly 0, xlogy's derivative is infinite and the backward
+  pass would produce inf * 0 = NaN; this form has the same value and a finite
+  gradient.
+  """
+  probs = jnp.asarray(probs)
+  tiny = jnp.finfo(jnp.float32).tiny if probs.dtype != jnp.float64 else 1e-300
+  return -jnp.sum(probs * jnp.log(jnp.maximum(probs, tiny)), axis=axis)
 
 
 def _weights(n: int, mask: Array | None) -> Array:
@@ -368,10 +376,8 @@ def lfq_entropy_terms(
     p_lo = jnp.exp(_log_code_probs(lp1_lo, lp0_lo, table))  # [N, G, rows]
     p_lo = jnp.where(ok[None, None, :], p_lo, 0.0)
     p_bar = jnp.einsum('ngi,ngj->gij', p_lo, p_hi)
-    # p·log(max(p, tiny)), not xlogy: codes whose probability underflows to 0
-    # (saturated logits) would give xlogy an infinite derivative, and
-    # inf * 0 = NaN in the backward pass. The value is the same.
-    return -jnp.sum(p_bar * jnp.log(jnp.maximum(p_bar, 1e-30)))
+    # Finite gradient where code probabilities underflow to 0 (see entropy).
+    return entropy(p_bar, axis=None)
 
   def body(total, block):
     return total + block_entropy(*block), None
