@@ -39,7 +39,7 @@ def one_step(config, seed=0):
   return jax.device_get(metrics), before, jax.device_get(new)
 
 
-@pytest.mark.parametrize('name', ['lfq', 'wetok'])
+@pytest.mark.parametrize('name', ['lfq', 'wetok', 'fqgan'])
 def test_config_trains_and_evaluates(name, tmp_path):
   config = get_config(name)
   config.total_steps = 4
@@ -108,3 +108,28 @@ def test_perturbation_config_errors():
   config.model.perturb = dict(alpha=1.0, beta=0.1)
   with pytest.raises(config_lib.ConfigError, match='model.perturb.delta'):
     steps_lib.validate_config(config)
+
+
+@pytest.mark.parametrize('spec, image_size, token_shape, vocab', [
+    ('lfq.py:imagenet_256', 256, (16, 16), 2**18),
+    ('lfq.py:imagenet_128', 128, (16, 16), 2**18),
+    ('wetok.py:imagenet_f16', 256, (16, 16, 4), 2**8),
+    ('fqgan.py:imagenet_dual_f16', 256, (16, 16, 2), 16384),
+    ('fqgan.py:tiny,triple', 32, (8, 8, 3), 128),
+])
+def test_paper_variants_build_with_paper_shapes(spec, image_size, token_shape,
+                                                 vocab):
+  """Abstract build (no FLOPs): token grid and codes per index position."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  config = config_lib.load_config_file(os.path.join(REPO, 'configs', spec))
+  assert config.data.image_size == image_size
+  config.loss.perceptual_weight = 0.0  # no LPIPS weights here
+  steps_lib.validate_config(config)
+  gen, _ = nnx.eval_shape(lambda: steps_lib.build_models(config))
+  graph, state = nnx.split(gen)
+  x = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
+  ids = jax.eval_shape(lambda s, x: nnx.merge(graph, s).encode(x), state, x)
+  assert ids.shape == (1,) + token_shape and ids.dtype == jnp.int32
+  assert gen.codebook_size == vocab
+  out = jax.eval_shape(lambda s, i: nnx.merge(graph, s).decode(i), state, ids)
+  assert out.shape == (1, image_size, image_size, 3)

@@ -44,21 +44,8 @@ Array = jax.Array
 # -----------------------------------------------------------------------------
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Fails with a message naming the key for configs that cannot work."""
+def _validate_quantizer(config) -> None:
   req = config_lib.require
-  req(config.model_name in MODELS, 'model_name',
-      f'unknown model {config.model_name!r}; known: {sorted(MODELS)}')
-  fe = config.model.frontend
-  factor = 2 ** (len(fe.ch_mult) - 1)
-  size = config.data.image_size
-  req(size > 0 and size % factor == 0, 'data.image_size',
-      f'{size} is not divisible by the downsampling factor {factor} '
-      f'(2**(len(model.frontend.ch_mult)-1))')
-  res = size // factor
-  for r in _opt(fe, 'attn_resolutions', ()):
-    req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
-        f'{r} is not a feature-map size of a {size}px image')
   req(config.model.embed_dim > 0, 'model.embed_dim', 'must be positive')
   q = dict(config.quantizer)
   req('name' in q, 'quantizer.name', 'missing')
@@ -76,6 +63,25 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     size_q = q.get('codebook_size', 0)
     req(size_q > 1 and size_q & (size_q - 1) == 0, 'quantizer.codebook_size',
         f'LFQ needs a power of two; got {size_q}')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Fails with a message naming the key for configs that cannot work."""
+  req = config_lib.require
+  req(config.model_name in MODELS, 'model_name',
+      f'unknown model {config.model_name!r}; known: {sorted(MODELS)}')
+  fe = config.model.frontend
+  factor = 2 ** (len(fe.ch_mult) - 1)
+  size = config.data.image_size
+  req(size > 0 and size % factor == 0, 'data.image_size',
+      f'{size} is not divisible by the downsampling factor {factor} '
+      f'(2**(len(model.frontend.ch_mult)-1))')
+  res = size // factor
+  for r in _opt(fe, 'attn_resolutions', ()):
+    req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
+        f'{r} is not a feature-map size of a {size}px image')
+  if config.model_name != 'fqgan':  # FQGAN's sub-codebooks live in config.model.
+    _validate_quantizer(config)
   b = config.data.global_batch_size
   req(b > 0, 'data.global_batch_size', 'must be positive')
   n_dev = jax.device_count()
@@ -150,6 +156,8 @@ def _build_fqgan(config, rngs):
   from tokenizers_jax.models.fqgan import FQGAN  # pylint: disable=g-import-not-at-top
   dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
   kwargs = {k: _plain(v) for k, v in config.model.items()}
+  if kwargs.get('teachers') is None:
+    kwargs.pop('teachers', None)
   return FQGAN(image_size=config.data.image_size, dtype=dtype, rngs=rngs,
                **kwargs)
 
