@@ -71,10 +71,6 @@ DEFAULT_TEACHER = dict(name='random_conv', out_dim=256, width=32)
 LAYER_NORM_EPSILON = 1e-6
 # Metrics averaged (rather than summed) over heads.
 _MEAN_METRICS = ('usage', 'perplexity', 'dead_codes')
-# VectorQuantizer arguments of the entropy loss, which FactorizedCodebooks
-# computes itself (see `code_entropy_terms`).
-_ENTROPY_KWARGS = dict(entropy_loss_weight=0.0, entropy_temperature=0.01,
-                       diversity_gamma=1.0)
 
 
 def _merge(defaults: Mapping[str, Any], given: Mapping[str, Any] | None,
@@ -121,34 +117,6 @@ def info_nce(pred: Array, target: Array, temperature: float = 1.0,
     return rows
   cols = jnp.mean(jax.nn.logsumexp(logits, axis=0) - diag)
   return 0.5 * (rows + cols)
-
-
-def code_entropy_terms(logits: Array,
-                       mask: Array | None = None) -> tuple[Array, Array]:
-  """(E_n[H(p(.|n))], H(E_n[p(.|n)])), p = softmax(logits), NaN-free gradients.
-
-  The values equal `functional.entropy_terms`. That function's batch entropy
-  uses `xlogy`, whose gradient is NaN wherever a code's batch-mean probability
-  underflows to exactly 0 (routine with cosine codes at temperature 0.01: a
-  logit gap of ~100 suffices), which poisons every gradient. Here the log is
-  taken of max(p, tiny), so those codes contribute 0 to the value and a
-  finite, zero-weighted term to the gradient.
-
-  Args:
-    logits: [N, K].
-    mask: optional [N]; masked tokens are ignored.
-  """
-  n = logits.shape[0]
-  w = (jnp.ones((n,), jnp.float32) if mask is None
-       else mask.reshape(n).astype(jnp.float32))
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  p = jnp.exp(logp)
-  denom = jnp.maximum(jnp.sum(w), 1.0)
-  per_sample = jnp.sum(w * -jnp.sum(p * logp, axis=-1)) / denom
-  avg = jnp.sum(p * w[:, None], axis=0) / denom
-  tiny = jnp.finfo(jnp.float32).tiny
-  batch = -jnp.sum(avg * jnp.log(jnp.maximum(avg, tiny)))
-  return per_sample, batch
 
 
 # -----------------------------------------------------------------------------
@@ -310,16 +278,12 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
   Input [..., F*C]: block i (channels i*C .. (i+1)*C - 1) is head i's latent.
   Output `quantized` is the concatenation of the heads' codes [..., F*C],
   `indices` [..., F]; `loss` = sum of the heads' VQ losses +
-  `disentangle_weight` * disentanglement.
-
-  The entropy loss (`entropy_loss_weight`, `entropy_temperature`,
-  `diversity_gamma`) is computed here, per head, exactly as
-  `VectorQuantizer` defines it (E[H(p(.|z))] - gamma * H(E[p(.|z)]),
-  p = softmax(-d(z, c) / temperature)) but with `code_entropy_terms`, whose
-  gradients stay finite; the heads' VectorQuantizers are built with
-  `entropy_loss_weight=0`. Metrics: each head's VQ metrics as
-  '{name}/{i}', their mean (usage, perplexity, dead_codes) or sum (loss terms)
-  under '{name}', 'disentanglement', and 'vq_loss' (sum of VQ losses).
+  `disentangle_weight` * disentanglement. Each head's VQ loss includes its
+  entropy loss when `entropy_loss_weight` > 0 (E[H(p(.|z))] - gamma *
+  H(E[p(.|z)]), p = softmax(-d(z, c) / temperature); see `VectorQuantizer`).
+  Metrics: each head's VQ metrics as '{name}/{i}', their mean (usage,
+  perplexity, dead_codes) or sum (loss terms) under '{name}',
+  'disentanglement', and 'vq_loss' (sum of VQ losses).
 
   Attributes:
     factors: the per-head `VectorQuantizer`s (their `codebook` is [K, C]).
@@ -342,9 +306,6 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
     self.codebook_dim = codebook_dim
     self.dim = num_factors * codebook_dim
     self.disentangle_weight = disentangle_weight
-    vq_kwargs = dict(vq_kwargs)
-    for k, default in _ENTROPY_KWARGS.items():
-      setattr(self, k, float(vq_kwargs.pop(k, default)))
     self.factors = nnx.List([
         vq_lib.VectorQuantizer(codebook_size, codebook_dim, rngs=rngs,
                                **vq_kwargs)
@@ -360,14 +321,8 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
     qbase.check_input(x, self.dim, name)
     qbase.check_mask(mask, x.shape[:-1], name)
     m = None if mask is None else mask.reshape(-1)
-    outs = []
-    for fac, part in zip(self.factors, self.split(x)):
-      o = fac(part, train=train, mask=mask)
-      if self.entropy_loss_weight:
-        ent = self._entropy(fac, part, m)
-        o = o.replace(loss=o.loss + self.entropy_loss_weight * ent,
-                      metrics={**o.metrics, 'entropy': ent})
-      outs.append(o)
+    outs = [fac(part, train=train, mask=mask)
+            for fac, part in zip(self.factors, self.split(x))]
     dis = qf.disentanglement_loss(
         [o.quantized.reshape(-1, self.codebook_dim) for o in outs], m)
     vq_loss = sum(o.loss for o in outs)
@@ -383,16 +338,6 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
         indices=jnp.stack([o.indices for o in outs], axis=-1),
         loss=(vq_loss + self.disentangle_weight * dis).astype(jnp.float32),
         metrics=metrics)
-
-  def _entropy(self, fac: vq_lib.VectorQuantizer, part: Array,
-               mask: Array | None) -> Array:
-    # pylint: disable=protected-access
-    z = fac._project_in(part.reshape(-1, self.codebook_dim))
-    scores = qf.code_scores(z, fac._effective_codebook())
-    # pylint: enable=protected-access
-    per_sample, batch = code_entropy_terms(
-        -scores / self.entropy_temperature, mask)
-    return per_sample - self.diversity_gamma * batch
 
   def encode(self, x: Array) -> Array:
     """[..., F*C] -> int32 [..., F]."""
