@@ -133,3 +133,53 @@ def test_paper_variants_build_with_paper_shapes(spec, image_size, token_shape,
   assert gen.codebook_size == vocab
   out = jax.eval_shape(lambda s, i: nnx.merge(graph, s).decode(i), state, ids)
   assert out.shape == (1, image_size, image_size, 3)
+
+
+def _random_inception_file(path):
+  """A random FID-Inception state dict (torchvision key layout) as .npz."""
+  from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  arrays = {}
+  for key, shape in fid_lib.expected_shapes().items():
+    if key.endswith('conv.weight'):
+      fan_in = int(np.prod(shape[1:]))
+      arrays[key] = rng.normal(0, np.sqrt(2 / fan_in), shape)
+    elif key.endswith('running_var'):
+      arrays[key] = rng.uniform(0.5, 1.5, shape)
+    elif key.endswith('bn.weight'):
+      arrays[key] = rng.uniform(0.5, 1.5, shape)
+    else:
+      arrays[key] = rng.normal(0, 0.1, shape)
+  np.savez(path, **{k: v.astype(np.float32) for k, v in arrays.items()})
+  return str(path)
+
+
+def test_rfid_and_pfid_match_host_side_fid(tmp_path):
+  """With an Inception weights file, evaluation reports rFID and pFID; rFID
+  equals the FID computed on the host from `InceptionV3.features` of the same
+  images and reconstructions (float64 numpy statistics), so the in-jit
+  feature sums are right. Random weights: a plumbing check, not a score."""
+  from tokenizers_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+  config = get_config('vqgan')
+  config.data.eval_batch_size = 8
+  config.eval.inception_path = _random_inception_file(tmp_path / 'inception.npz')
+  config.mesh.shape = (1, 1, 1)
+  mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  with jax.set_mesh(mesh):
+    trainer, state, _ = steps_lib.create(config, mesh)
+    results, _ = train_lib.evaluate(trainer, state, config, mesh, num_batches=1)
+    batch = next(iter(data_lib.make_eval_dataset(
+        config.data.source, image_size=config.data.image_size,
+        global_batch_size=8, data_dir=config.data.data_dir)))
+    x = jnp.asarray(batch['image'])
+    x_hat, _ = jax.jit(lambda s, b: steps_lib.eval_step(trainer, s, b))(
+        state, {'image': x, 'mask': jnp.asarray(batch['mask'])})
+  keep = np.asarray(batch['mask'], bool)
+  net = fid_lib.InceptionV3.from_file(config.eval.inception_path)
+  f_real = np.asarray(net.features(x))[keep]
+  f_fake = np.asarray(net.features(x_hat))[keep]
+  expected = fid_lib.fid_from_features(f_real, f_fake)
+  assert np.isfinite(results['eval/rfid']) and expected > 0
+  np.testing.assert_allclose(results['eval/rfid'], expected, rtol=2e-3)
+  assert np.isfinite(results['eval/pfid']) and results['eval/pfid'] >= 0
