@@ -10,7 +10,7 @@ semantic head's FeatPredHead CLS output and a frozen teacher's image feature.
 
 Teachers: the embedded default is a frozen random conv net (no download). For
 the paper's CLIP/DINO teachers pass a local timm-layout ViT state dict:
-  --config.model.teachers='({"name": "vit", "path": "/path/clip_vit_b16.pth"},)'
+  --config.model.teachers='({"name": "vit", "path": "/data/clip_b16.pth"},)'
 
 Variants:
   tiny              32², f=4 (8x8 positions x 2 sub-tokens), 2 x K=128 (14 bits
@@ -48,9 +48,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       semantic_weight=0.5,
       infonce_temperature=1.0,
   ), type_safe=False)
-  # None: one frozen RandomConvTeacher per semantic head (heads 1..F-1).
-  c.model.teachers = None
-  c.model.perturb = None
+  # One frozen teacher per semantic head (heads 1..F-1): the embedded default
+  # is a fixed random conv net; see the module docstring for a local ViT.
+  c.model.teachers = tuple(
+      dict(name='random_conv', out_dim=256, width=32, seed=i)
+      for i in range(1, 3 if args.triple else 2))
+  c.model.perturb = config_lib.perturb_config()
   c.quantizer = ml_collections.ConfigDict(dict(name='fq'), type_safe=False)
   # FQGAN: no adaptive weight, a fixed GAN weight.
   c.loss.adaptive_weight = False

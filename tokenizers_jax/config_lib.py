@@ -73,6 +73,15 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
+def perturb_config() -> dict:
+  """Latent perturbation (Robust Latent Matters), off (alpha = 0) by default.
+
+  Paper: --config.model.perturb.alpha=1.0 (beta 0.1, delta 100) with
+  anneal_start/anneal_end in steps (end <= start: no annealing).
+  """
+  return dict(alpha=0.0, beta=0.1, delta=100, anneal_start=0, anneal_end=0)
+
+
 def image_base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every 2D image tokenizer config (configs/vqgan.py,
   lfq.py, wetok.py, fqgan.py): the tiny VQ-GAN on the embedded photos."""
@@ -91,11 +100,9 @@ def image_base_config() -> ml_collections.ConfigDict:
                     attn_resolutions=(8,), z_channels=32, num_groups=8),
       pre_quant_norm=False,
   )
-  # (factor, steps): entropy-loss weight annealing (MAGVIT-v2), off if None.
-  c.model.entropy_anneal = None
-  # Latent perturbation (Robust Latent Matters), off if None; e.g.
-  # dict(alpha=1.0, beta=0.1, delta=100, anneal_start=..., anneal_end=...).
-  c.model.perturb = None
+  # (factor, steps): entropy-loss weight annealing (MAGVIT-v2); (1.0, 0) is off.
+  c.model.entropy_anneal = (1.0, 0)
+  c.model.perturb = perturb_config()
   c.quantizer = ml_collections.ConfigDict(
       dict(name='vq', codebook_size=256, codebook_dim=8, use_cosine_sim=True,
            kmeans_init=True, commitment_weight=0.25,

@@ -438,14 +438,7 @@ class FQGAN(nnx.Module):
     """
     if num_factors < 1:
       raise ValueError(f'num_factors must be >= 1; got {num_factors}.')
-    self.perturb = dict(perturb) if perturb else None
-    if self.perturb:
-      unknown = set(self.perturb) - {'alpha', 'beta', 'delta', 'anneal_start',
-                                     'anneal_end'}
-      missing = {'alpha', 'beta', 'delta'} - set(self.perturb)
-      if unknown or missing:
-        raise ValueError(f'perturb: unknown keys {sorted(unknown)}, missing '
-                         f'keys {sorted(missing)}.')
+    self.perturb = perturb_lib.LatentPerturbation.from_config(perturb)
     fe = dict(frontend)
     if 'resolution' in fe:
       raise ValueError("frontend must not set 'resolution'; it is "
@@ -604,14 +597,8 @@ class FQGAN(nnx.Module):
     semantic = (sum(sem.values()) if sem else jnp.zeros((), jnp.float32))
     metrics = dict(qout.metrics)
     zq = qout.quantized
-    if train and self.perturb and rng is not None:
-      p = self.perturb
-      factor = (perturb_lib.anneal_factor(step, p.get('anneal_start'),
-                                          p.get('anneal_end'))
-                if step is not None else 1.0)
-      perturbed, info = perturb_lib.perturb_output(
-          self.quantizer, qout, rng, alpha=p['alpha'],
-          beta=p['beta'] * factor, delta=p['delta'])
+    if train and self.perturb is not None and rng is not None:
+      perturbed, info = self.perturb(self.quantizer, qout, rng, step)
       zq = perturbed.quantized
       metrics['perturbed_samples'] = info['sample_fraction']
       metrics['perturbed_codes'] = info['code_fraction']

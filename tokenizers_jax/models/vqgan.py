@@ -35,6 +35,7 @@ import jax.numpy as jnp
 
 from tokenizers_jax.frontends.image import ImageFrontEnd
 from tokenizers_jax.quantizers import base as qbase
+from tokenizers_jax.quantizers import perturbation as perturb_lib
 from tokenizers_jax.quantizers import registry
 
 Array = jax.Array
@@ -90,13 +91,11 @@ class VQGAN(nnx.Module):
         if pre_quant_norm else None)
     self.embed_dim = embed_dim
     self.image_size = image_size
-    self.entropy_anneal = tuple(entropy_anneal) if entropy_anneal else None
-    self.perturb = dict(perturb) if perturb else None
-    if self.perturb:
-      unknown = set(self.perturb) - {'alpha', 'beta', 'delta', 'anneal_start',
-                                     'anneal_end'}
-      if unknown:
-        raise ValueError(f'perturb: unknown keys {sorted(unknown)}')
+    self.entropy_anneal = (
+        tuple(entropy_anneal)
+        if entropy_anneal and entropy_anneal[1] > 0 and entropy_anneal[0] != 1
+        else None)
+    self.perturb = perturb_lib.LatentPerturbation.from_config(perturb)
 
   @property
   def codebook_size(self) -> int:
@@ -133,15 +132,8 @@ class VQGAN(nnx.Module):
                * out.metrics.get('entropy', jnp.zeros((), jnp.float32)))
       out = out.replace(loss=out.loss + extra,
                         metrics=dict(out.metrics, entropy_weight_multiplier=mult))
-    if train and self.perturb and rng is not None:
-      from tokenizers_jax.quantizers import perturbation as perturb_lib  # pylint: disable=g-import-not-at-top
-      p = self.perturb
-      factor = (perturb_lib.anneal_factor(step, p.get('anneal_start'),
-                                          p.get('anneal_end'))
-                if step is not None else 1.0)
-      perturbed, info = perturb_lib.perturb_output(
-          self.quantizer, out, rng, alpha=p['alpha'], beta=p['beta'] * factor,
-          delta=p['delta'])
+    if train and self.perturb is not None and rng is not None:
+      perturbed, info = self.perturb(self.quantizer, out, rng, step)
       zq = perturbed.quantized
       out = out.replace(metrics=dict(
           out.metrics, perturbed_samples=info['sample_fraction'],

@@ -426,6 +426,25 @@ class LatentPerturbation:
     if self.delta < 1:
       raise ValueError(f'LatentPerturbation: delta must be >= 1; got {self.delta}')
 
+  @classmethod
+  def from_config(cls, cfg: Any) -> 'LatentPerturbation | None':
+    """Settings from a config mapping; None when absent or off (α or β = 0).
+
+    Keys: alpha, beta, delta, and optionally anneal_start / anneal_end (None,
+    or end <= start, means no annealing). Unknown keys raise ValueError.
+    """
+    if cfg is None:
+      return None
+    cfg = dict(cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg)
+    known = {'alpha', 'beta', 'delta', 'anneal_start', 'anneal_end', 'chunk_size'}
+    unknown = set(cfg) - known
+    if unknown:
+      raise ValueError(f'perturb: unknown keys {sorted(unknown)}; known: '
+                       f'{sorted(known)}')
+    if not cfg or not cfg.get('alpha', 1.0) or not cfg.get('beta', 0.1):
+      return None
+    return cls(**cfg)
+
   def beta_at(self, step: Array | int | None) -> Array:
     """Annealed β at `step` (β itself when step is None)."""
     if step is None:

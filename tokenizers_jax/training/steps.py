@@ -34,6 +34,7 @@ from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.losses import adversarial
 from tokenizers_jax.models.discriminator import NLayerDiscriminator
 from tokenizers_jax.models.vqgan import VQGAN
+from tokenizers_jax.quantizers import perturbation as perturb_lib
 from tokenizers_jax.quantizers import registry as qregistry
 
 Array = jax.Array
@@ -114,6 +115,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     req(0 <= perturb['alpha'] <= 1 and 0 <= perturb['beta'] <= 1,
         'model.perturb', 'alpha and beta must lie in [0, 1]')
     req(perturb['delta'] >= 1, 'model.perturb.delta', 'must be >= 1')
+    try:
+      perturb_lib.LatentPerturbation.from_config(perturb)
+    except (TypeError, ValueError) as e:
+      raise config_lib.ConfigError(f'config.model.perturb: {e}') from None
   if config.loss.perceptual_weight > 0:
     req(bool(config.loss.lpips_vgg_path) and bool(config.loss.lpips_lin_path),
         'loss.lpips_vgg_path',
@@ -156,8 +161,6 @@ def _build_fqgan(config, rngs):
   from tokenizers_jax.models.fqgan import FQGAN  # pylint: disable=g-import-not-at-top
   dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
   kwargs = {k: _plain(v) for k, v in config.model.items()}
-  if kwargs.get('teachers') is None:
-    kwargs.pop('teachers', None)
   return FQGAN(image_size=config.data.image_size, dtype=dtype, rngs=rngs,
                **kwargs)
 
