@@ -62,9 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 2000
     c.loss.recon = 'l2'
   elif args.variant == 'test':
-    c.data.image_size = 16
-    c.data.global_batch_size = 8
-    c.data.eval_batch_size = 16
+    config_lib.use_test_variant(c)
     c.model.frontend = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
                             attn_resolutions=(8,), z_channels=8, num_groups=4)
     c.model.codebook_size = 32
@@ -73,18 +71,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.feat_pred = dict(depth=1, num_heads=2)
     c.model.teachers = tuple(dict(name='random_conv', out_dim=16, width=8,
                                   seed=i) for i in range(1, 3 if args.triple else 2))
-    c.disc = dict(ndf=8, n_layers=1, norm='batch')
-    c.loss.disc_start = 4
-    c.total_steps = 12
-    c.log_every = 2
-    c.eval_every = 12
-    c.checkpoint_every = 4
-    c.num_eval_batches = 2
-    c.num_grid_images = 4
   elif args.variant == 'imagenet_dual_f16':
-    c.data.source = 'imagenet2012'
-    c.data.image_size = 256
-    c.data.global_batch_size = 256
+    config_lib.use_imagenet(c, 256, 256)
     c.model.frontend = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                             attn_resolutions=(16,), z_channels=256,
                             num_groups=32)
@@ -94,10 +82,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.vq.kmeans_init = False
     c.model.vq.threshold_ema_dead_code = 0.0
     c.loss.recon = 'l2'
-    c.loss.perceptual_weight = 1.0
     c.loss.disc_weight = 0.5
     c.loss.disc_start = 20_000
-    c.disc = dict(ndf=64, n_layers=3, norm='batch')
     c.optim = dict(lr=2e-4, b1=0.9, b2=0.95, warmup_steps=0,
                    schedule='constant', end_lr_factor=1.0, grad_clip=1.0,
                    weight_decay=0.0)
@@ -105,10 +91,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.mixed_precision = True
     c.ema_decay = 0.0
     c.total_steps = 200_000  # 40 epochs of ImageNet at batch 256
-    c.log_every = 100
-    c.eval_every = 10_000
-    c.checkpoint_every = 5_000
-    c.num_eval_batches = 50
   else:
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, '
                      'imagenet_dual_f16')

@@ -48,27 +48,15 @@ def lfq_config(variant: str) -> ml_collections.ConfigDict:
     c.loss.recon = 'l2'
     c.loss.disc_start = 1000
   elif variant == 'test':
-    c.data.image_size = 16
-    c.data.global_batch_size = 8
-    c.data.eval_batch_size = 16
+    config_lib.use_test_variant(c)
     c.model.frontend = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
                             z_channels=8, num_groups=4)
     c.model.embed_dim = 6
     c.quantizer.codebook_size = 2**6
     c.model.entropy_anneal = (3.0, 8)
-    c.disc = dict(ndf=8, n_layers=1, norm='batch')
-    c.loss.disc_start = 4
-    c.total_steps = 12
-    c.log_every = 2
-    c.eval_every = 12
-    c.checkpoint_every = 4
-    c.num_eval_batches = 2
-    c.num_grid_images = 4
   elif variant in ('imagenet_256', 'imagenet_128'):
     size = 256 if variant == 'imagenet_256' else 128
-    c.data.source = 'imagenet2012'
-    c.data.image_size = size
-    c.data.global_batch_size = 256
+    config_lib.use_imagenet(c, size, 256)
     c.model.frontend = dict(
         ch=128, ch_mult=(1, 1, 2, 2, 4) if size == 256 else (1, 2, 2, 4),
         num_res_blocks=4, z_channels=18, num_groups=32)
@@ -76,20 +64,14 @@ def lfq_config(variant: str) -> ml_collections.ConfigDict:
     c.quantizer.codebook_size = 2**18
     c.model.entropy_anneal = (3.0, 10_000)
     c.loss.recon = 'l1'
-    c.loss.perceptual_weight = 1.0
     c.loss.disc_start = 0
     c.loss.lecam_weight = 0.05 if size == 256 else 0.01
-    c.disc = dict(ndf=64, n_layers=3, norm='batch')
     c.optim.lr = 1e-4
     c.optim.warmup_steps = 0
     c.optim.schedule = 'constant'
     c.disc_optim.lr = 1e-4
     c.ema_decay = 0.999
     c.total_steps = 1_350_000
-    c.log_every = 100
-    c.eval_every = 10_000
-    c.checkpoint_every = 5_000
-    c.num_eval_batches = 50
   else:
     raise ValueError(f'unknown variant {variant!r}; known: tiny, test, '
                      'imagenet_256, imagenet_128')

@@ -33,27 +33,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.loss.recon = 'l2'
     c.loss.disc_weight = 0.1
   elif args.variant == 'test':
+    config_lib.use_test_variant(c)
     # The smallest model that exercises every mechanism (tests, smoke runs).
-    c.data.image_size = 16
-    c.data.global_batch_size = 8
-    c.data.eval_batch_size = 16
     c.model.embed_dim = 8
     c.model.frontend = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1,
                             attn_resolutions=(8,), z_channels=8, num_groups=4)
     c.quantizer.codebook_size = 32
     c.quantizer.codebook_dim = 4
-    c.disc = dict(ndf=8, n_layers=1, norm='batch')
-    c.loss.disc_start = 4
-    c.total_steps = 12
-    c.log_every = 2
-    c.eval_every = 12
-    c.checkpoint_every = 4
-    c.num_eval_batches = 2
-    c.num_grid_images = 4
   elif args.variant == 'imagenet_f16':
-    c.data.source = 'imagenet2012'
-    c.data.image_size = 256
-    c.data.global_batch_size = 96
+    config_lib.use_imagenet(c, 256, 96)
     c.model.embed_dim = 256
     c.model.frontend = dict(ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,
                             attn_resolutions=(16,), z_channels=256,
@@ -61,19 +49,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.quantizer = ml_collections.ConfigDict(
         dict(name='vq', codebook_size=1024, commitment_weight=0.25),
         type_safe=False)
-    c.loss.perceptual_weight = 1.0
     c.loss.disc_start = 250001
-    c.disc = dict(ndf=64, n_layers=3, norm='batch')
     c.optim.lr = 4.5e-6 * 96
     c.optim.warmup_steps = 0
     c.optim.schedule = 'constant'
     c.disc_optim.lr = 4.5e-6 * 96
     c.ema_decay = 0.0
     c.total_steps = 1_000_000
-    c.log_every = 100
-    c.eval_every = 10_000
-    c.checkpoint_every = 5_000
-    c.num_eval_batches = 50
   else:
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, imagenet_f16')
   return config_lib.apply_modifiers(c, args)

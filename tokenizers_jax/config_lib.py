@@ -146,3 +146,36 @@ def image_base_config() -> ml_collections.ConfigDict:
   c.num_eval_batches = -1  # -1: the whole validation split.
   c.num_grid_images = 8
   return c
+
+
+def use_test_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The micro schedule every config's `test` variant shares (tests, smoke
+  runs): 16² crops, batch 8, 12 steps, the GAN from step 4, 2 eval batches."""
+  c.data.image_size = 16
+  c.data.global_batch_size = 8
+  c.data.eval_batch_size = 16
+  c.disc = dict(ndf=8, n_layers=1, norm='batch')
+  c.loss.disc_start = 4
+  c.total_steps = 12
+  c.log_every = 2
+  c.eval_every = 12
+  c.checkpoint_every = 4
+  c.num_eval_batches = 2
+  c.num_grid_images = 4
+  return c
+
+
+def use_imagenet(c: ml_collections.ConfigDict, image_size: int,
+                 global_batch_size: int) -> ml_collections.ConfigDict:
+  """Paper-scale data and bookkeeping: prepared TFDS imagenet2012, LPIPS on
+  (local weights needed), the PatchGAN of the papers (ndf 64, 3 layers)."""
+  c.data.source = 'imagenet2012'
+  c.data.image_size = image_size
+  c.data.global_batch_size = global_batch_size
+  c.loss.perceptual_weight = 1.0
+  c.disc = dict(ndf=64, n_layers=3, norm='batch')
+  c.log_every = 100
+  c.eval_every = 10_000
+  c.checkpoint_every = 5_000
+  c.num_eval_batches = 50
+  return c
