@@ -31,6 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokenizers_jax.frontends.common import (
+    DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin)
+
 Array = jax.Array
 Dtype = Any
 
@@ -159,28 +162,8 @@ class Upsample(nnx.Module):
     return self.conv(x)
 
 
-def _check_rank_channels(shape: Sequence[int], channels: int, what: str):
-  if len(shape) != 4:
-    raise ValueError(
-        f'{what} must be NHWC with rank 4, got shape {tuple(shape)} '
-        f'(rank {len(shape)}).')
-  if shape[-1] != channels:
-    raise ValueError(
-        f'{what} must have {channels} channels (last axis), got shape '
-        f'{tuple(shape)}.')
-
-
-def _check_image_shape(shape: Sequence[int], in_channels: int, factor: int):
-  _check_rank_channels(shape, in_channels, 'Image input')
-  _, height, width, _ = shape
-  if height % factor or width % factor:
-    raise ValueError(
-        f'Image size {height}x{width} is not divisible by the downsample '
-        f'factor {factor} (= 2 ** (len(ch_mult) - 1)).')
-
-
 @dataclasses.dataclass(frozen=True)
-class ImageConfig:
+class ImageConfig(LevelConfigMixin):
   """Validated, hashable architecture settings shared by encoder and decoder.
 
   Field meanings are documented in `ImageEncoder.__init__`.
@@ -199,32 +182,55 @@ class ImageConfig:
     object.__setattr__(self, 'ch_mult', tuple(int(m) for m in self.ch_mult))
     object.__setattr__(self, 'attn_resolutions',
                        tuple(int(r) for r in self.attn_resolutions))
-    if not self.ch_mult or min(self.ch_mult) < 1:
-      raise ValueError(
-          f'ch_mult must be non-empty and positive: {self.ch_mult}.')
-    if min(self.ch, self.z_channels, self.in_channels, self.num_groups) < 1:
-      raise ValueError('ch, z_channels, in_channels and num_groups must be '
-                       '>= 1.')
-    if self.num_res_blocks < 0:
-      raise ValueError(f'num_res_blocks must be >= 0: {self.num_res_blocks}.')
+    self._check_levels()
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1): {self.dropout}.')
-    if self.resolution < 1 or self.resolution % self.factor:
-      raise ValueError(
-          f'resolution {self.resolution} must be a positive multiple of the '
-          f'downsample factor {self.factor}.')
-
-  @property
-  def factor(self) -> int:
-    """Downsample factor f = 2 ** (len(ch_mult) - 1)."""
-    return 2 ** (len(self.ch_mult) - 1)
+    self._check_resolution()
 
   def level_resolution(self, level: int) -> int:
     """Nominal feature-map size at resolution level `level`."""
     return self.resolution // (2 ** level)
 
 
-class ImageEncoder(nnx.Module):
+def _resnet_level(cfg: ImageConfig, level: int, width_in: int,
+                  num_blocks: int, nkw: dict[str, Any]
+                  ) -> tuple[nnx.List, nnx.List, int]:
+  """The ResnetBlocks (and AttnBlocks) of resolution level `level`.
+
+  The first of `num_blocks` blocks maps `width_in` to the level's width
+  `ch * ch_mult[level]`; at attention resolutions each block is followed by
+  an AttnBlock. Returns `(blocks, attns, width)` with `width` the channels
+  after the level (`width_in` if `num_blocks` is 0).
+  """
+  width_out = cfg.ch * cfg.ch_mult[level]
+  use_attn = cfg.level_resolution(level) in cfg.attn_resolutions
+  blocks, attns = [], []
+  for _ in range(num_blocks):
+    blocks.append(ResnetBlock(width_in, width_out, dropout=cfg.dropout, **nkw))
+    width_in = width_out
+    if use_attn:
+      attns.append(AttnBlock(width_in, **nkw))
+  return nnx.List(blocks), nnx.List(attns), width_in
+
+
+def _run_level(level: nnx.Dict, h: Array, train: bool) -> Array:
+  """Runs a level's ResnetBlocks, each followed by its AttnBlock if any."""
+  for i, block in enumerate(level['blocks']):
+    h = block(h, train=train)
+    if len(level['attns']):
+      h = level['attns'][i](h)
+  return h
+
+
+def _mid_stage(width: int, cfg: ImageConfig, nkw: dict[str, Any]
+               ) -> tuple[ResnetBlock, AttnBlock, ResnetBlock]:
+  """The middle ResnetBlock, AttnBlock, ResnetBlock at `width` channels."""
+  return (ResnetBlock(width, width, dropout=cfg.dropout, **nkw),
+          AttnBlock(width, **nkw),
+          ResnetBlock(width, width, dropout=cfg.dropout, **nkw))
+
+
+class ImageEncoder(EncoderBase):
   """Conv ResNet encoder: [B, H, W, C] in [-1, 1] -> [B, H/f, W/f, Z].
 
   Attributes:
@@ -258,58 +264,34 @@ class ImageEncoder(nnx.Module):
       param_dtype: parameter dtype.
       rngs: parameter (and dropout) RNGs.
     """
-    cfg = ImageConfig(ch, tuple(ch_mult), num_res_blocks,
-                      tuple(attn_resolutions), z_channels, in_channels,
-                      resolution, num_groups, dropout)
-    self.config = cfg
-    self.in_channels = cfg.in_channels
-    self.z_channels = cfg.z_channels
-    self.downsample_factor = cfg.factor
+    cfg = ImageConfig(ch, ch_mult, num_res_blocks, attn_resolutions,
+                      z_channels, in_channels, resolution, num_groups, dropout)
+    super().__init__(cfg)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(num_groups=cfg.num_groups, **kw)
 
     self.conv_in = _conv(cfg.in_channels, cfg.ch, 3, **kw)
     levels = []
-    width_in = cfg.ch
-    for level, mult in enumerate(cfg.ch_mult):
-      width_out = cfg.ch * mult
-      use_attn = cfg.level_resolution(level) in cfg.attn_resolutions
-      blocks, attns = [], []
-      for _ in range(cfg.num_res_blocks):
-        blocks.append(ResnetBlock(width_in, width_out, dropout=cfg.dropout,
-                                  **nkw))
-        width_in = width_out
-        if use_attn:
-          attns.append(AttnBlock(width_in, **nkw))
+    width = cfg.ch
+    for level in range(len(cfg.ch_mult)):
+      blocks, attns, width = _resnet_level(cfg, level, width,
+                                           cfg.num_res_blocks, nkw)
       last = level == len(cfg.ch_mult) - 1
       levels.append(nnx.Dict(
-          blocks=nnx.List(blocks), attns=nnx.List(attns),
-          downsample=None if last else Downsample(width_in, **kw)))
+          blocks=blocks, attns=attns,
+          downsample=None if last else Downsample(width, **kw)))
     self.down = nnx.List(levels)
-    self.mid_block_1 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
-                                   **nkw)
-    self.mid_attn = AttnBlock(width_in, **nkw)
-    self.mid_block_2 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
-                                   **nkw)
-    self.norm_out = _norm(width_in, cfg.num_groups, **kw)
-    self.conv_out = _conv(width_in, cfg.z_channels, 3, **kw)
-
-  def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static latent shape for an NHWC input shape (validates it)."""
-    _check_image_shape(input_shape, self.in_channels, self.downsample_factor)
-    b, height, width, _ = input_shape
-    f = self.downsample_factor
-    return (b, height // f, width // f, self.z_channels)
+    self.mid_block_1, self.mid_attn, self.mid_block_2 = _mid_stage(
+        width, cfg, nkw)
+    self.norm_out = _norm(width, cfg.num_groups, **kw)
+    self.conv_out = _conv(width, cfg.z_channels, 3, **kw)
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """[B, H, W, C] -> [B, H/f, W/f, Z] (in the compute dtype)."""
     self.output_shape(x.shape)
     h = self.conv_in(x)
     for level in self.down:
-      for i, block in enumerate(level['blocks']):
-        h = block(h, train=train)
-        if len(level['attns']):
-          h = level['attns'][i](h)
+      h = _run_level(level, h, train)
       if level['downsample'] is not None:
         h = level['downsample'](h)
     h = self.mid_block_1(h, train=train)
@@ -318,7 +300,7 @@ class ImageEncoder(nnx.Module):
     return self.conv_out(nnx.swish(self.norm_out(h)))
 
 
-class ImageDecoder(nnx.Module):
+class ImageDecoder(DecoderBase):
   """Conv ResNet decoder: [B, h, w, Z] -> [B, h*f, w*f, C] (no output tanh).
 
   Attributes:
@@ -340,52 +322,26 @@ class ImageDecoder(nnx.Module):
 
     `in_channels` is the number of image channels produced.
     """
-    cfg = ImageConfig(ch, tuple(ch_mult), num_res_blocks,
-                      tuple(attn_resolutions), z_channels, in_channels,
-                      resolution, num_groups, dropout)
-    self.config = cfg
-    self.out_channels = cfg.in_channels
-    self.z_channels = cfg.z_channels
-    self.upsample_factor = cfg.factor
+    cfg = ImageConfig(ch, ch_mult, num_res_blocks, attn_resolutions,
+                      z_channels, in_channels, resolution, num_groups, dropout)
+    super().__init__(cfg)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     nkw = dict(num_groups=cfg.num_groups, **kw)
 
-    width_in = cfg.ch * cfg.ch_mult[-1]
-    self.conv_in = _conv(cfg.z_channels, width_in, 3, **kw)
-    self.mid_block_1 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
-                                   **nkw)
-    self.mid_attn = AttnBlock(width_in, **nkw)
-    self.mid_block_2 = ResnetBlock(width_in, width_in, dropout=cfg.dropout,
-                                   **nkw)
+    width = cfg.ch * cfg.ch_mult[-1]
+    self.conv_in = _conv(cfg.z_channels, width, 3, **kw)
+    self.mid_block_1, self.mid_attn, self.mid_block_2 = _mid_stage(
+        width, cfg, nkw)
     levels = [None] * len(cfg.ch_mult)
     for level in reversed(range(len(cfg.ch_mult))):
-      width_out = cfg.ch * cfg.ch_mult[level]
-      use_attn = cfg.level_resolution(level) in cfg.attn_resolutions
-      blocks, attns = [], []
-      for _ in range(cfg.num_res_blocks + 1):
-        blocks.append(ResnetBlock(width_in, width_out, dropout=cfg.dropout,
-                                  **nkw))
-        width_in = width_out
-        if use_attn:
-          attns.append(AttnBlock(width_in, **nkw))
+      blocks, attns, width = _resnet_level(cfg, level, width,
+                                           cfg.num_res_blocks + 1, nkw)
       levels[level] = nnx.Dict(
-          blocks=nnx.List(blocks), attns=nnx.List(attns),
-          upsample=None if level == 0 else Upsample(width_in, **kw))
+          blocks=blocks, attns=attns,
+          upsample=None if level == 0 else Upsample(width, **kw))
     self.up = nnx.List(levels)
-    self.norm_out = _norm(width_in, cfg.num_groups, **kw)
-    self.conv_out = _conv(width_in, cfg.in_channels, 3, **kw)
-
-  @property
-  def last_layer(self) -> nnx.Param:
-    """The output conv kernel [3, 3, D, C] (taming's `get_last_layer`)."""
-    return self.conv_out.kernel
-
-  def output_shape(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static image shape for a latent shape (validates it)."""
-    _check_rank_channels(latent_shape, self.z_channels, 'Latent input')
-    b, hh, ww, _ = latent_shape
-    f = self.upsample_factor
-    return (b, hh * f, ww * f, self.out_channels)
+    self.norm_out = _norm(width, cfg.num_groups, **kw)
+    self.conv_out = _conv(width, cfg.in_channels, 3, **kw)
 
   def __call__(self, z: Array, *, train: bool = False) -> Array:
     """[B, h, w, Z] -> [B, h*f, w*f, C] (in the compute dtype)."""
@@ -396,16 +352,13 @@ class ImageDecoder(nnx.Module):
     h = self.mid_block_2(h, train=train)
     for level in reversed(range(len(self.up))):
       stage = self.up[level]
-      for i, block in enumerate(stage['blocks']):
-        h = block(h, train=train)
-        if len(stage['attns']):
-          h = stage['attns'][i](h)
+      h = _run_level(stage, h, train)
       if stage['upsample'] is not None:
         h = stage['upsample'](h)
     return self.conv_out(nnx.swish(self.norm_out(h)))
 
 
-class ImageFrontEnd(nnx.Module):
+class ImageFrontEnd(FrontEndBase):
   """Encoder/decoder pair for images (`modality='image'`).
 
   Example (the CI-sized f=4 configuration):
@@ -433,30 +386,4 @@ class ImageFrontEnd(nnx.Module):
                   in_channels=in_channels, resolution=resolution,
                   num_groups=num_groups, dropout=dropout, dtype=dtype,
                   param_dtype=param_dtype, rngs=rngs)
-    self.encoder = ImageEncoder(**kwargs)
-    self.decoder = ImageDecoder(**kwargs)
-    self.config = self.encoder.config
-    self.downsample_factor = self.encoder.downsample_factor
-    self.z_channels = self.encoder.z_channels
-    self.in_channels = self.encoder.in_channels
-
-  def encode(self, x: Array, train: bool = False) -> Array:
-    """[B, H, W, C] in [-1, 1] -> latents [B, H/f, W/f, Z]."""
-    return self.encoder(x, train=train)
-
-  def decode(self, z: Array, train: bool = False) -> Array:
-    """Latents [B, h, w, Z] -> images [B, h*f, w*f, C]."""
-    return self.decoder(z, train=train)
-
-  def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static: the latent shape `encode` gives for `input_shape` (NHWC)."""
-    return self.encoder.output_shape(tuple(input_shape))
-
-  @property
-  def last_layer(self) -> nnx.Param:
-    """The decoder's output conv kernel (for the adaptive GAN weight)."""
-    return self.decoder.last_layer
-
-  def __call__(self, x: Array, train: bool = False) -> Array:
-    """Autoencodes without quantization: decode(encode(x))."""
-    return self.decode(self.encode(x, train=train), train=train)
+    super().__init__(ImageEncoder(**kwargs), ImageDecoder(**kwargs))

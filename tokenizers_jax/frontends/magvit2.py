@@ -1,8 +1,8 @@
 """Image front end in the MAGVIT-v2 / Open-MAGVIT2 design (no attention).
 
 A drop-in alternative to `ImageFrontEnd` (same `encode`, `decode`,
-`latent_shape`, `last_layer`, `z_channels`, `downsample_factor`), built from
-convolutions only:
+`latent_shape`, `last_layer`, `z_channels`, `downsample_factor`, all from the
+bases in `tokenizers_jax.frontends.common`), built from convolutions only:
 
   Encoder: 3x3 `conv_in`; per resolution level `num_res_blocks` ResBlocks and,
     between levels, a 3x3 stride-2 conv; `num_res_blocks` middle ResBlocks;
@@ -45,9 +45,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from tokenizers_jax.frontends.common import (
+    DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin,
+    _check_rank_channels)
 from tokenizers_jax.frontends.image import (
-    NORM_EPSILON, _check_image_shape, _check_rank_channels, _conv, _meta,
-    _norm, group_count)
+    NORM_EPSILON, _conv, _meta, _norm, group_count)
 
 Array = jax.Array
 Dtype = Any
@@ -174,7 +176,7 @@ class DepthToSpaceUpsample(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Magvit2Config:
+class Magvit2Config(LevelConfigMixin):
   """Validated, hashable architecture settings shared by encoder and decoder.
 
   Field meanings are documented in `Magvit2Encoder.__init__`.
@@ -192,26 +194,11 @@ class Magvit2Config:
   def __post_init__(self):
     object.__setattr__(self, 'ch_mult', tuple(int(m) for m in self.ch_mult))
     object.__setattr__(self, 'noise_concat', bool(self.noise_concat))
-    if not self.ch_mult or min(self.ch_mult) < 1:
-      raise ValueError(
-          f'ch_mult must be non-empty and positive: {self.ch_mult}.')
-    if min(self.ch, self.z_channels, self.in_channels, self.num_groups) < 1:
-      raise ValueError('ch, z_channels, in_channels and num_groups must be '
-                       '>= 1.')
-    if self.num_res_blocks < 0:
-      raise ValueError(f'num_res_blocks must be >= 0: {self.num_res_blocks}.')
+    self._check_levels()
     if self.shortcut_kernel not in (1, 3):
       raise ValueError(
           f'shortcut_kernel must be 1 or 3: {self.shortcut_kernel}.')
-    if self.resolution < 1 or self.resolution % self.factor:
-      raise ValueError(
-          f'resolution {self.resolution} must be a positive multiple of the '
-          f'downsample factor {self.factor}.')
-
-  @property
-  def factor(self) -> int:
-    """Downsample factor f = 2 ** (len(ch_mult) - 1)."""
-    return 2 ** (len(self.ch_mult) - 1)
+    self._check_resolution()
 
 
 def _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
@@ -223,7 +210,20 @@ def _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
       noise_concat=noise_concat)
 
 
-class Magvit2Encoder(nnx.Module):
+def _res_blocks(width_in: int, width_out: int, count: int,
+                bkw: dict[str, Any]) -> tuple[nnx.List, int]:
+  """`count` chained Magvit2ResBlocks; the first maps `width_in` to `width_out`.
+
+  Returns the blocks and the width after them (`width_in` if `count` is 0).
+  """
+  blocks = []
+  for _ in range(count):
+    blocks.append(Magvit2ResBlock(width_in, width_out, **bkw))
+    width_in = width_out
+  return nnx.List(blocks), width_in
+
+
+class Magvit2Encoder(EncoderBase):
   """Conv encoder: [B, H, W, C] in [-1, 1] -> [B, H/f, W/f, Z].
 
   Attributes:
@@ -258,41 +258,26 @@ class Magvit2Encoder(nnx.Module):
     """
     cfg = _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
                        resolution, num_groups, shortcut_kernel, noise_concat)
-    self.config = cfg
-    self.in_channels = cfg.in_channels
-    self.z_channels = cfg.z_channels
-    self.downsample_factor = cfg.factor
+    super().__init__(cfg)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     bkw = dict(num_groups=cfg.num_groups,
                shortcut_kernel=cfg.shortcut_kernel, **kw)
 
     self.conv_in = _conv(cfg.in_channels, cfg.ch, 3, **kw)
     levels = []
-    width_in = cfg.ch
+    width = cfg.ch
     for level, mult in enumerate(cfg.ch_mult):
-      width_out = cfg.ch * mult
-      blocks = []
-      for _ in range(cfg.num_res_blocks):
-        blocks.append(Magvit2ResBlock(width_in, width_out, **bkw))
-        width_in = width_out
+      blocks, width = _res_blocks(width, cfg.ch * mult, cfg.num_res_blocks,
+                                  bkw)
       last = level == len(cfg.ch_mult) - 1
       # Symmetric padding 1: an even size halves exactly.
       downsample = None if last else _conv(
-          width_in, width_in, 3, stride=2, padding=((1, 1), (1, 1)), **kw)
-      levels.append(nnx.Dict(blocks=nnx.List(blocks), downsample=downsample))
+          width, width, 3, stride=2, padding=((1, 1), (1, 1)), **kw)
+      levels.append(nnx.Dict(blocks=blocks, downsample=downsample))
     self.down = nnx.List(levels)
-    self.mid_blocks = nnx.List([
-        Magvit2ResBlock(width_in, width_in, **bkw)
-        for _ in range(cfg.num_res_blocks)])
-    self.norm_out = _norm(width_in, cfg.num_groups, **kw)
-    self.conv_out = _conv(width_in, cfg.z_channels, 1, **kw)
-
-  def output_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static latent shape for an NHWC input shape (validates it)."""
-    _check_image_shape(input_shape, self.in_channels, self.downsample_factor)
-    b, height, width, _ = input_shape
-    f = self.downsample_factor
-    return (b, height // f, width // f, self.z_channels)
+    self.mid_blocks, _ = _res_blocks(width, width, cfg.num_res_blocks, bkw)
+    self.norm_out = _norm(width, cfg.num_groups, **kw)
+    self.conv_out = _conv(width, cfg.z_channels, 1, **kw)
 
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     """[B, H, W, C] -> [B, H/f, W/f, Z] (in the compute dtype).
@@ -313,7 +298,7 @@ class Magvit2Encoder(nnx.Module):
     return self.conv_out(nnx.swish(self.norm_out(h)))
 
 
-class Magvit2Decoder(nnx.Module):
+class Magvit2Decoder(DecoderBase):
   """Conv decoder with latent-conditioned norms: [B, h, w, Z] -> [B, H, W, C].
 
   With `noise_concat`, `conv_in` reads [z, noise] (2Z channels). The noise
@@ -350,10 +335,7 @@ class Magvit2Decoder(nnx.Module):
     """
     cfg = _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
                        resolution, num_groups, shortcut_kernel, noise_concat)
-    self.config = cfg
-    self.out_channels = cfg.in_channels
-    self.z_channels = cfg.z_channels
-    self.upsample_factor = cfg.factor
+    super().__init__(cfg)
     self.noise_concat = cfg.noise_concat
     self.noise_rngs = nnx.Rngs(noise=noise_seed) if cfg.noise_concat else None
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
@@ -361,39 +343,22 @@ class Magvit2Decoder(nnx.Module):
                shortcut_kernel=cfg.shortcut_kernel, **kw)
     nkw = dict(num_groups=cfg.num_groups, **kw)
 
-    width_in = cfg.ch * cfg.ch_mult[-1]
+    width = cfg.ch * cfg.ch_mult[-1]
     conv_in_ch = 2 * cfg.z_channels if cfg.noise_concat else cfg.z_channels
-    self.conv_in = _conv(conv_in_ch, width_in, 3, **kw)
-    self.mid_blocks = nnx.List([
-        Magvit2ResBlock(width_in, width_in, **bkw)
-        for _ in range(cfg.num_res_blocks)])
+    self.conv_in = _conv(conv_in_ch, width, 3, **kw)
+    self.mid_blocks, _ = _res_blocks(width, width, cfg.num_res_blocks, bkw)
     levels = [None] * len(cfg.ch_mult)
     for level in reversed(range(len(cfg.ch_mult))):
-      width_out = cfg.ch * cfg.ch_mult[level]
-      blocks = []
-      for _ in range(cfg.num_res_blocks):
-        blocks.append(Magvit2ResBlock(width_in, width_out, **bkw))
-        width_in = width_out
+      blocks, width = _res_blocks(width, cfg.ch * cfg.ch_mult[level],
+                                  cfg.num_res_blocks, bkw)
       levels[level] = nnx.Dict(
-          blocks=nnx.List(blocks),
-          norm=AdaptiveGroupNorm(cfg.z_channels, width_in, **nkw),
+          blocks=blocks,
+          norm=AdaptiveGroupNorm(cfg.z_channels, width, **nkw),
           upsample=(None if level == 0
-                    else DepthToSpaceUpsample(width_in, **kw)))
+                    else DepthToSpaceUpsample(width, **kw)))
     self.up = nnx.List(levels)
-    self.norm_out = AdaptiveGroupNorm(cfg.z_channels, width_in, **nkw)
-    self.conv_out = _conv(width_in, cfg.in_channels, 3, **kw)
-
-  @property
-  def last_layer(self) -> nnx.Param:
-    """The output conv kernel [3, 3, D, C] (for the adaptive GAN weight)."""
-    return self.conv_out.kernel
-
-  def output_shape(self, latent_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static image shape for a latent shape (validates it)."""
-    _check_rank_channels(latent_shape, self.z_channels, 'Latent input')
-    b, hh, ww, _ = latent_shape
-    f = self.upsample_factor
-    return (b, hh * f, ww * f, self.out_channels)
+    self.norm_out = AdaptiveGroupNorm(cfg.z_channels, width, **nkw)
+    self.conv_out = _conv(width, cfg.in_channels, 3, **kw)
 
   def __call__(self, z: Array, *, train: bool = False,
                noise_key: Array | None = None) -> Array:
@@ -426,7 +391,7 @@ class Magvit2Decoder(nnx.Module):
     return self.conv_out(nnx.swish(self.norm_out(h, style)))
 
 
-class Magvit2FrontEnd(nnx.Module):
+class Magvit2FrontEnd(FrontEndBase):
   """MAGVIT-v2 encoder/decoder pair for images (`modality='image'`).
 
   Interchangeable with `ImageFrontEnd`. Example (f = 4, 32x32 -> 8x8):
@@ -458,22 +423,14 @@ class Magvit2FrontEnd(nnx.Module):
                   resolution=resolution, num_groups=num_groups,
                   shortcut_kernel=shortcut_kernel, noise_concat=noise_concat,
                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-    self.encoder = Magvit2Encoder(**kwargs)
-    self.decoder = Magvit2Decoder(noise_seed=noise_seed, **kwargs)
-    self.config = self.encoder.config
-    self.downsample_factor = self.encoder.downsample_factor
-    self.z_channels = self.encoder.z_channels
-    self.in_channels = self.encoder.in_channels
+    super().__init__(Magvit2Encoder(**kwargs),
+                     Magvit2Decoder(noise_seed=noise_seed, **kwargs))
     self.noise_concat = self.config.noise_concat
 
   @property
   def noise_rngs(self) -> nnx.Rngs | None:
     """The decoder's noise stream (None without `noise_concat`)."""
     return self.decoder.noise_rngs
-
-  def encode(self, x: Array, train: bool = False) -> Array:
-    """[B, H, W, C] in [-1, 1] -> latents [B, H/f, W/f, Z]."""
-    return self.encoder(x, train=train)
 
   def decode(self, z: Array, train: bool = False, *,
              noise_key: Array | None = None) -> Array:
@@ -483,15 +440,6 @@ class Magvit2FrontEnd(nnx.Module):
     class docstring); it is ignored otherwise.
     """
     return self.decoder(z, train=train, noise_key=noise_key)
-
-  def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
-    """Static: the latent shape `encode` gives for `input_shape` (NHWC)."""
-    return self.encoder.output_shape(tuple(input_shape))
-
-  @property
-  def last_layer(self) -> nnx.Param:
-    """The decoder's output conv kernel (for the adaptive GAN weight)."""
-    return self.decoder.last_layer
 
   def __call__(self, x: Array, train: bool = False, *,
                noise_key: Array | None = None) -> Array:
