@@ -52,8 +52,14 @@ def test_config_trains_and_evaluates(name, tmp_path):
          f'--workdir={tmp_path}', '--config.total_steps=4',
          '--config.loss.disc_start=2', '--config.eval_every=4',
          '--config.checkpoint_every=4', '--config.num_eval_batches=1']
+  env = dict(os.environ)
+  if name == 'fqgan':
+    # Known problem: FQGAN's train step, loaded back from JAX's persistent
+    # compilation cache (which conftest.py turns on), aborts inside XLA on
+    # CPU; compiled fresh it runs. Not root-caused yet (see the issue note).
+    env['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
-                        timeout=600, check=False)
+                        timeout=600, check=False, env=env)
   assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
   logged = [json.loads(l) for l in
             open(tmp_path / 'metrics.jsonl').read().splitlines()]
