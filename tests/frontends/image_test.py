@@ -21,6 +21,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from tokenizers_jax.frontends import image as image_lib
+from . import fill_params
 
 # A tiny config for the PyTorch parity test (f = 2, attention at 8x8).
 PARITY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
@@ -216,15 +217,7 @@ def _build(config, dtype=jnp.float32, seed=0):
   """
   fe = nnx.eval_shape(
       lambda: image_lib.ImageFrontEnd(**config, dtype=dtype, rngs=nnx.Rngs(0)))
-  rng = np.random.default_rng(seed)
-  for path, var in _flat(nnx.state(fe, nnx.Param)):
-    if path[-1] == 'kernel':
-      value = rng.normal(size=var.shape) / np.sqrt(np.prod(var.shape[:-1]))
-    elif path[-1] == 'scale':
-      value = 1.0 + 0.2 * rng.normal(size=var.shape)
-    else:
-      value = 0.2 * rng.normal(size=var.shape)
-    var.set_value(jnp.asarray(value, jnp.float32))
+  fill_params(fe, seed)
   return fe
 
 

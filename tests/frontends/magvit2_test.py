@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from tokenizers_jax.frontends import image as image_lib
 from tokenizers_jax.frontends import magvit2 as magvit2_lib
+from . import fill_params
 
 # Tiny f = 2 config (16x16 -> 8x8) and its f = 4 sibling (16x16 -> 4x4).
 F2 = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, z_channels=4,
@@ -56,15 +57,7 @@ def _build(config, seed=0, dtype=jnp.float32, noise_seed=0):
   """Builds a front end abstractly, then fills parameters from numpy."""
   fe = nnx.eval_shape(lambda: magvit2_lib.Magvit2FrontEnd(
       **config, dtype=dtype, rngs=nnx.Rngs(0)))
-  rng = np.random.default_rng(seed)
-  for path, var in _flat(nnx.state(fe, nnx.Param)):
-    if path[-1] == 'kernel':
-      value = rng.normal(size=var.shape) / np.sqrt(np.prod(var.shape[:-1]))
-    elif path[-1] == 'scale':
-      value = 1.0 + 0.2 * rng.normal(size=var.shape)
-    else:
-      value = 0.2 * rng.normal(size=var.shape)
-    var.set_value(jnp.asarray(value, jnp.float32))
+  fill_params(fe, seed)
   if fe.noise_rngs is not None:
     fe.noise_rngs.noise.key.set_value(jax.random.key(noise_seed))
     fe.noise_rngs.noise.count.set_value(jnp.zeros((), jnp.uint32))
