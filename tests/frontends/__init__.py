@@ -1,8 +1,8 @@
+"""Shared helpers for the front-end tests."""
 
-
-import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-import numpy as np  # pylint: disable=g-import-not-at-top
-from flax import nnx  # pylint: disable=g-import-not-at-top
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 
 def fill_params(module, seed: int = 0) -> None:
