@@ -13,6 +13,7 @@ import pytest
 from tokenizers_jax import config_lib
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.models import vqgan as vqgan_lib
+from tokenizers_jax.training import image_task
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import train as train_lib
 
@@ -183,7 +184,7 @@ def test_rfid_and_pfid_match_host_side_fid(tmp_path):
   mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
   with jax.set_mesh(mesh):
     trainer, state, _ = steps_lib.create(config, mesh)
-    results, _ = train_lib.evaluate(trainer, state, config, mesh, num_batches=1)
+    results, _ = image_task.evaluate(trainer, state, config, mesh, num_batches=1)
     batch = next(iter(data_lib.make_eval_dataset(
         config.data.source, image_size=config.data.image_size,
         global_batch_size=8, data_dir=config.data.data_dir)))

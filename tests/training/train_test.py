@@ -6,6 +6,7 @@ crops of the embedded photos) and share compiled programs through the
 persistent compilation cache set in conftest.py.
 """
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -22,6 +23,7 @@ import pytest
 
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.training import checkpoint as ckpt_lib
+from tokenizers_jax.training import image_task
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import train as train_lib
 
@@ -72,7 +74,7 @@ def single_device_trainer():
   with jax.set_mesh(mesh):
     trainer, state, shardings = steps_lib.create(config, mesh)
     step = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b))
-    it = train_lib.train_iterator(config)
+    it = image_task.train_iterator(config)
     batch = {k: jnp.asarray(v) for k, v in next(it).items()}
   return config, mesh, trainer, state, step, batch
 
@@ -151,7 +153,7 @@ def test_nonfinite_batch_is_skipped(single_device_trainer):
 def test_run_stops_after_consecutive_nonfinite_steps(tmp_path, monkeypatch):
   config = get_config()
   config.max_consecutive_nonfinite = 2
-  real = train_lib.train_iterator
+  real = image_task.train_iterator
 
   def poisoned(cfg):
     it = real(cfg)
@@ -163,7 +165,8 @@ def test_run_stops_after_consecutive_nonfinite_steps(tmp_path, monkeypatch):
       get_state, set_state = it.get_state, it.set_state
     return NaNs()
 
-  monkeypatch.setattr(train_lib, 'train_iterator', poisoned)
+  monkeypatch.setattr(image_task, 'TASK', dataclasses.replace(
+      image_task.TASK, train_iterator=poisoned))
   with pytest.raises(train_lib.NonFiniteError, match='consecutive steps had a non-finite'):
     train_lib.train_and_evaluate(config, str(tmp_path))
   # Nothing non-finite reached a checkpoint: none was written before the stop.

@@ -39,12 +39,12 @@ class Tokenizer:
     """Builds the model from `workdir/config.json` and loads its checkpoint."""
     from tokenizers_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
     from tokenizers_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+    from tokenizers_jax.training import tasks  # pylint: disable=g-import-not-at-top
     from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
     config = train_lib.load_config(workdir)
     mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
     with jax.set_mesh(mesh):
-      trainer, state, _ = steps_lib.create(config, mesh)
+      trainer, state, _ = tasks.get_task(config).create(config, mesh)
       state, step = ckpt_lib.restore_state_only(workdir, state, step)
     params = state['ema'] if (use_ema and config.ema_decay > 0) else state['gen']['params']
     model = trainer.merge_gen(jax.device_get(params),
