@@ -49,11 +49,17 @@ class NearestCodeTest(parameterized.TestCase):
     cb[202] = cb[99]
     z[:10] = cb[7]       # tokens sitting exactly on a duplicated code
     z[10:20] = cb[99]
-    dense, dense_min = F.nearest_code(z, cb, chunk_size=None)
+    dense, dense_min = F.nearest_code(z, cb, chunk_size=None,
+                                      token_block=None)
     np.testing.assert_array_equal(dense[:10], 7)
     np.testing.assert_array_equal(dense[10:20], 99)
     for chunk in (1, 16, 128, 200, 256):
-      idx, mins = F.nearest_code(z, cb, chunk_size=chunk)
+      idx, mins = F.nearest_code(z, cb, chunk_size=chunk, token_block=None)
+      np.testing.assert_array_equal(idx, dense)
+      np.testing.assert_array_equal(mins, dense_min)
+    # Token blocks (searched one after the other, the last one padded).
+    for chunk, block in ((None, 8), (None, 100), (128, 64), (16, 300)):
+      idx, mins = F.nearest_code(z, cb, chunk_size=chunk, token_block=block)
       np.testing.assert_array_equal(idx, dense)
       np.testing.assert_array_equal(mins, dense_min)
     np.testing.assert_array_equal(dense, numpy_nearest(z, cb))
