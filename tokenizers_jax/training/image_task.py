@@ -80,7 +80,9 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   stores at least as many bits per image as the tokens do (an s×s×3 image of
   8-bit values, s²·24 >= tokens·log2(K)): the same compression; and
   `eval/bicubic_*` keeps H/f×W/f×3 floats at the tokenizer's own downsampling
-  factor f, many more bits than the tokens (a reference, not a bar).
+  factor f, many more bits than the tokens (a reference, not a bar); 1D
+  tokenizers (tokens [B, K], `model.one_dimensional`) have no such factor
+  and only get the equal-bits baseline.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   sharding = batch_sharding(mesh)
@@ -120,17 +122,23 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
       p_ssim = image_metrics.ssim(x, out[2])
     else:
       p_psnr = p_ssim = jnp.zeros_like(per_psnr)
-    factor = x.shape[1] // idx.shape[1]
-    x_bic = image_metrics.bicubic_baseline(x, factor)
-    bic_psnr = image_metrics.psnr(x, x_bic)
-    bic_ssim = image_metrics.ssim(x, x_bic)
+    if one_d:  # No downsampling factor: that baseline is not reported.
+      bic_psnr = bic_ssim = jnp.zeros_like(per_psnr)
+    else:
+      factor = x.shape[1] // idx.shape[1]
+      x_bic = image_metrics.bicubic_baseline(x, factor)
+      bic_psnr = image_metrics.psnr(x, x_bic)
+      bic_ssim = image_metrics.ssim(x, x_bic)
     codes_per_image = math.prod(idx.shape[1:])
     x_bits = image_metrics.bicubic_at_bits(
         x, codes_per_image * math.log2(codebook_size))
     bits_psnr = image_metrics.psnr(x, x_bits)
     bits_ssim = image_metrics.ssim(x, x_bits)
     mask = batch['mask']
-    flat = idx.reshape(idx.shape[0], -1, idx.shape[-1] if idx.ndim > 3 else 1)
+    # Token positions: [B, K] (1D tokenizers) or [B, h, w]; then G codes.
+    lead = 2 if one_d else 3
+    flat = idx.reshape(idx.shape[0], -1,
+                       idx.shape[-1] if idx.ndim > lead else 1)
     token_mask = jnp.broadcast_to(mask[:, None], flat.shape[:2])
     counts = jnp.stack([qf.code_counts(flat[..., g], codebook_size, token_mask)
                         for g in range(flat.shape[-1])])
@@ -148,8 +156,10 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
                ((x, x_hat) if perturb is None else (x, x_hat, out[2]))]
     return sums, counts, grid, feats
 
-  codebook_size = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
-                                    copy=False).codebook_size
+  model = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
+                            copy=False)
+  codebook_size = model.codebook_size
+  one_d = getattr(model, 'one_dimensional', False)
   totals = np.zeros(9)
   counts = None
   sample = None
@@ -188,6 +198,8 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
       'eval/bicubic_bits_ssim': totals[6] / n,
       'eval/bits_per_image': float(counts.sum() / n * math.log2(codebook_size)),
   }
+  if one_d:
+    del results['eval/bicubic_psnr'], results['eval/bicubic_ssim']
   if perturb is not None:
     results['eval/p_psnr'] = totals[7] / n
     results['eval/p_ssim'] = totals[8] / n

@@ -71,16 +71,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   req = config_lib.require
   req(config.model_name in MODELS, 'model_name',
       f'unknown model {config.model_name!r}; known: {sorted(MODELS)}')
-  fe = config.model.frontend
-  factor = 2 ** (len(fe.ch_mult) - 1)
   size = config.data.image_size
-  req(size > 0 and size % factor == 0, 'data.image_size',
-      f'{size} is not divisible by the downsampling factor {factor} '
-      f'(2**(len(model.frontend.ch_mult)-1))')
-  res = size // factor
-  for r in _opt(fe, 'attn_resolutions', ()):
-    req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
-        f'{r} is not a feature-map size of a {size}px image')
+  if config.model_name in ONE_D_MODELS:
+    _validate_one_d(config)
+  else:
+    fe = config.model.frontend
+    factor = 2 ** (len(fe.ch_mult) - 1)
+    req(size > 0 and size % factor == 0, 'data.image_size',
+        f'{size} is not divisible by the downsampling factor {factor} '
+        f'(2**(len(model.frontend.ch_mult)-1))')
+    for r in _opt(fe, 'attn_resolutions', ()):
+      req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
+          f'{r} is not a feature-map size of a {size}px image')
   if config.model_name != 'fqgan':  # FQGAN's sub-codebooks live in config.model.
     _validate_quantizer(config)
   b = config.data.global_batch_size
@@ -126,7 +128,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         '(loss.lpips_vgg_path and loss.lpips_lin_path)')
   req(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
   req(config.total_steps > 0, 'total_steps', 'must be positive')
-  del res
+
+
+def _validate_one_d(config) -> None:
+  """1D tokenizers (TiTok, One-D-Piece, FlexTok): patch grid and tokens."""
+  req = config_lib.require
+  m = config.model
+  size = config.data.image_size
+  p = _opt(m, 'patch_size', 0)
+  req(p > 0 and size > 0 and size % p == 0, 'model.patch_size',
+      f'{p} does not divide data.image_size={size}')
+  key = 'num_registers' if config.model_name == 'flextok' else 'num_tokens'
+  req(_opt(m, key, 0) >= 1, f'model.{key}', 'must be >= 1')
+  req(_opt(m, 'width', 0) % _opt(m, 'num_heads', 1) == 0, 'model.width',
+      f'{_opt(m, "width", 0)} is not divisible by model.num_heads')
 
 
 # -----------------------------------------------------------------------------
@@ -165,8 +180,32 @@ def _build_fqgan(config, rngs):
                **kwargs)
 
 
+def _build_titok(config, rngs):
+  """TiTok and One-D-Piece (`model.tail_drop`): one class."""
+  from tokenizers_jax.models.titok import TiTok  # pylint: disable=g-import-not-at-top
+  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  kwargs = {k: _plain(v) for k, v in config.model.items()}
+  return TiTok(image_size=config.data.image_size,
+               quantizer=dict(config.quantizer), dtype=dtype, rngs=rngs,
+               **kwargs)
+
+
+def _build_flextok(config, rngs):
+  from tokenizers_jax.models.flextok import FlexTok  # pylint: disable=g-import-not-at-top
+  dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
+  kwargs = {k: _plain(v) for k, v in config.model.items()}
+  if not (kwargs.get('repa') or {}).get('weight'):
+    kwargs['repa'] = None  # weight 0: no REPA teacher or projector.
+  return FlexTok(image_size=config.data.image_size,
+                 quantizer=dict(config.quantizer), dtype=dtype, rngs=rngs,
+                 **kwargs)
+
+
 MODELS = {'vqgan': _build_vqgan, 'lfqgan': _build_vqgan, 'wetok': _build_vqgan,
-          'fqgan': _build_fqgan}
+          'fqgan': _build_fqgan, 'titok': _build_titok,
+          'one_d_piece': _build_titok, 'flextok': _build_flextok}
+# Models whose tokens are a 1D sequence [B, K] (no 2D front end).
+ONE_D_MODELS = ('titok', 'one_d_piece', 'flextok')
 
 
 def build_models(config, seed: int | None = None):
@@ -332,7 +371,9 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
   # ---- generator: one forward, two backward passes (rec+quant, adversarial).
   def gen_forward(params):
     gen = trainer.merge_gen(params, state['gen']['rest'])
-    x_hat, qout = gen(x, train=True, step=step, rng=model_rng)
+    # A model may add already-weighted losses: (x_hat, qout, extra_losses).
+    x_hat, qout, *more = gen(x, train=True, step=step, rng=model_rng)
+    extra = more[0] if more else {}
     rec = _recon_loss(lc.recon, x, x_hat)
     nll = lc.recon_weight * rec
     perceptual = jnp.zeros((), jnp.float32)
@@ -344,13 +385,16 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
     logits_fake = disc(x_hat, train=True)
     g_adv = g_loss_fn(logits_fake)
     main = nll + lc.quantizer_weight * qout.loss
+    for v in extra.values():
+      main = main + v
     new_rest = nnx.to_pure_dict(nnx.state(gen, nnx.Not(nnx.Param)))
     # Quantizers may overwrite parameters in the forward pass (k-means init,
     # dead-code restarts): updates apply on top of those values.
     fwd_params = jax.lax.stop_gradient(
         nnx.to_pure_dict(nnx.state(gen, nnx.Param)))
     aux = dict(x_hat=x_hat, rec=rec, perceptual=perceptual, qout=qout,
-               new_rest=new_rest, nll=nll, fwd_params=fwd_params)
+               new_rest=new_rest, nll=nll, fwd_params=fwd_params,
+               extra=extra)
     return (main, g_adv), aux
 
   (main, g_adv), vjp_fn, aux = jax.vjp(gen_forward, state['gen']['params'],
@@ -447,6 +491,8 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
       'train/skipped': 1 - ok.astype(jnp.int32),
       'train/nonfinite_consecutive': new_state['nonfinite_consecutive'],
   }
+  for k, v in aux['extra'].items():
+    metrics[f'train/{k}'] = v
   for k, v in qout.metrics.items():
     metrics[f'quant/{k}'] = v
   return new_state, metrics
@@ -467,7 +513,7 @@ def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True,
   x = batch['image']
   if trainer.config.mixed_precision:
     x = x.astype(jnp.bfloat16)
-  x_hat, qout = gen(x, train=False)
+  x_hat, qout = gen(x, train=False)[:2]
   x_hat = jnp.clip(x_hat.astype(jnp.float32), -1.0, 1.0)
   if perturb is None:
     return x_hat, qout.indices
@@ -481,5 +527,5 @@ def eval_step(trainer: Trainer, state: dict, batch: dict, use_ema: bool = True,
         delta=delta)
     return new.quantized
 
-  x_pert, _ = gen(x, train=False, quantizer_hook=hook)
+  x_pert = gen(x, train=False, quantizer_hook=hook)[0]
   return x_hat, qout.indices, jnp.clip(x_pert.astype(jnp.float32), -1.0, 1.0)

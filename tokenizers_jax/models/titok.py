@@ -1,0 +1,291 @@
+"""TiTok (1D image tokenizer) and One-D-Piece's tail-token drop.
+
+TiTok ("An Image is Worth 32 Tokens"):
+
+  x [B, H, W, 3] -> P x P patches -> Linear -> + pos       [B, N, D]
+  concat(patches, K learned latent tokens + pos)            [B, N + K, D]
+  -> ViT encoder -> keep the K latent outputs -> Linear     [B, K, E]
+  -> quantizer (default l2-normalised VQ)                    [B, K, E]
+  decoder: concat(N mask tokens + pos, Linear(z_q) + pos)    [B, N + K, D]
+  -> ViT decoder -> keep the N mask-token outputs -> head:
+       pixels:  Linear -> P*P*3 -> unpatchify -> x_hat       (single stage)
+       proxy:   Linear -> logits over a teacher VQ-GAN's codes per patch
+
+Only the latents are quantized, so an image is K token ids whatever its size.
+
+One-D-Piece (`tail_drop='batch'` or 'example'): during training the decoder
+sees only the first k quantized tokens, k ~ U{1..K} drawn once per batch (as
+in One-D-Piece) or per example. Truncation is implemented as an attention
+mask that hides latent tokens k..K-1 from every query; since the dropped
+tokens' own outputs are never read, this equals running the decoder on the
+truncated sequence (tested). `decode(ids)` accepts any length 1..K and
+truncates for real.
+
+Two-stage proxy-code training (`proxy_teacher` = a VQ-GAN module or a
+training workdir of this project): the frozen teacher's codes on the H/P x W/P
+grid are the targets of a cross-entropy on the decoder logits (TiTok stage 1,
+returned in the train-mode extra losses as `proxy_ce`); reconstructions are
+the teacher decoder's rendering of the argmax codes. The teacher's weights are
+converted to `teachers.Frozen` variables, so the optimizer never sees them.
+
+Interface (the image task's): `__call__(x, train, *, step, rng,
+quantizer_hook)` -> (x_hat, QuantizerOutput) in eval mode and
+(x_hat, QuantizerOutput, extra_losses) in train mode; `encode(x,
+num_tokens=k)` -> int32 [B, k]; `decode(ids [B, L])` -> images.
+
+Dimension legend:
+  B: batch; H, W: image size; P: patch size; N = (H/P)(W/P) patch tokens
+  K: latent tokens (`num_tokens`); k, L: tokens kept / given (1..K)
+  D: transformer width; E: quantizer dimension (`embed_dim`)
+  V: teacher codebook size (proxy mode)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from tokenizers_jax.models import teachers as teachers_lib
+from tokenizers_jax.models import vit
+from tokenizers_jax.quantizers import base as qbase
+from tokenizers_jax.quantizers import registry
+
+Array = jax.Array
+Dtype = Any
+TAIL_DROP = (None, 'batch', 'example')
+
+
+def freeze_params(module: nnx.Module) -> nnx.Module:
+  """Replaces every `nnx.Param` of `module` by a `teachers.Frozen` variable
+  (same value and logical axis names), in place; returns the module."""
+  found = [(p, v) for p, v in nnx.iter_graph(module)
+           if isinstance(v, nnx.Param)]
+  for path, var in found:
+    parent = module
+    for p in path[:-1]:
+      parent = (parent[p] if isinstance(parent, (nnx.List, list, dict))
+                else getattr(parent, p))
+    names = var.get_metadata().get('out_sharding')
+    new = teachers_lib.Frozen(var[...], out_sharding=names,
+                              eager_sharding=False)
+    if isinstance(parent, (nnx.List, list)):
+      parent[int(path[-1])] = new
+    else:
+      setattr(parent, path[-1], new)
+  return module
+
+
+def load_teacher(spec) -> nnx.Module:
+  """A frozen proxy-code teacher from a module or a training workdir path."""
+  if isinstance(spec, str):
+    from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+    spec = Tokenizer.from_workdir(spec).model
+  if not isinstance(spec, nnx.Module) or not hasattr(spec, 'encode'):
+    raise TypeError('proxy_teacher must be a tokenizer module with encode/'
+                    f'decode or a workdir path; got {type(spec).__name__}')
+  return freeze_params(spec)
+
+
+def sample_num_kept(key: Array, batch: int, num_tokens: int,
+                    mode: str) -> Array:
+  """int32 [B] kept-token counts k ~ U{1..K}: one draw shared by the batch
+  ('batch') or one per example ('example')."""
+  if mode == 'batch':
+    k = jax.random.randint(key, (), 1, num_tokens + 1)
+    return jnp.full((batch,), k, jnp.int32)
+  if mode == 'example':
+    return jax.random.randint(key, (batch,), 1, num_tokens + 1)
+  raise ValueError(f'unknown tail_drop mode {mode!r}; known: {TAIL_DROP}')
+
+
+class TiTok(nnx.Module):
+  """TiTok / One-D-Piece 1D tokenizer (see the module docstring).
+
+  Args:
+    image_size: H = W.
+    patch_size: P.
+    num_tokens: K latent tokens.
+    width, encoder_depth, decoder_depth, num_heads, mlp_ratio: the ViTs.
+    embed_dim: E, the quantizer's input dimension.
+    quantizer: registry spec, e.g. dict(name='vq', codebook_size=4096,
+      use_cosine_sim=True).
+    tail_drop: None (TiTok), 'batch' or 'example' (One-D-Piece).
+    proxy_teacher: None (pixel head) or a VQ-GAN module / workdir path whose
+      codes on the patch grid are the stage-1 targets.
+    proxy_weight: weight of the proxy cross-entropy.
+  """
+
+  one_dimensional = True
+
+  def __init__(self, *, image_size: int, patch_size: int = 4,
+               num_tokens: int = 16, width: int = 64, encoder_depth: int = 2,
+               decoder_depth: int = 2, num_heads: int = 4,
+               mlp_ratio: float = 4.0, embed_dim: int = 8,
+               quantizer: dict[str, Any], tail_drop: str | None = None,
+               proxy_teacher=None, proxy_weight: float = 1.0,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if image_size % patch_size:
+      raise ValueError(f'image_size {image_size} is not divisible by '
+                       f'patch_size {patch_size}')
+    if num_tokens < 1:
+      raise ValueError(f'num_tokens must be >= 1; got {num_tokens}')
+    if tail_drop not in TAIL_DROP:
+      raise ValueError(f'unknown tail_drop {tail_drop!r}; known: {TAIL_DROP}')
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.image_size = image_size
+    self.patch_size = patch_size
+    self.num_tokens = num_tokens
+    self.grid = image_size // patch_size
+    n = self.grid ** 2
+    self.num_patches = n
+    self.tail_drop = tail_drop
+    self.proxy_weight = proxy_weight
+    pdim = patch_size * patch_size * 3
+    self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
+    self.patch_pos = vit.learned_pos(n, width, rngs)
+    self.latent_tokens = nnx.Param(
+        width ** -0.5 * jax.random.normal(rngs.params(), (num_tokens, width)),
+        **qbase.logical(None, 'embed'))
+    self.latent_pos = vit.learned_pos(num_tokens, width, rngs)
+    self.encoder = vit.Transformer(width, encoder_depth, num_heads, mlp_ratio,
+                                   **kw)
+    self.to_code = vit.linear(width, embed_dim, ('embed', 'code_dim'), **kw)
+    q_kwargs = dict(quantizer)
+    self.quantizer = registry.make_quantizer(q_kwargs.pop('name'),
+                                             dim=embed_dim, rngs=rngs,
+                                             **q_kwargs)
+    self.from_code = vit.linear(embed_dim, width, ('code_dim', 'embed'), **kw)
+    self.dec_latent_pos = vit.learned_pos(num_tokens, width, rngs)
+    self.mask_token = nnx.Param(
+        0.02 * jax.random.normal(rngs.params(), (width,)),
+        **qbase.logical('embed'))
+    self.dec_patch_pos = vit.learned_pos(n, width, rngs)
+    self.decoder = vit.Transformer(width, decoder_depth, num_heads, mlp_ratio,
+                                   **kw)
+    teacher = None
+    if proxy_teacher is not None:
+      teacher = load_teacher(proxy_teacher)
+      shape = teacher.token_shape((1, image_size, image_size, 3))
+      if tuple(shape[1:]) != (self.grid, self.grid):
+        raise ValueError(
+            f'proxy teacher tokens {tuple(shape[1:])} do not match the patch '
+            f'grid {(self.grid, self.grid)}: set patch_size to the teacher\'s '
+            'downsampling factor (single-code teachers only)')
+      self.head = vit.linear(width, teacher.codebook_size,
+                             ('embed', 'codebook'), **kw)
+    else:
+      self.head = vit.linear(width, pdim, ('embed', 'embed_in'), **kw)
+    self.teacher = teacher
+
+  @property
+  def codebook_size(self) -> int:
+    return self.quantizer.codebook_size
+
+  @property
+  def last_layer(self):
+    return self.head.kernel
+
+  def token_shape(self, image_shape) -> tuple[int, ...]:
+    return (image_shape[0], self.num_tokens)
+
+  def _check_images(self, x: Array) -> None:
+    s = self.image_size
+    if x.ndim != 4 or tuple(x.shape[1:]) != (s, s, 3):
+      raise ValueError(f'{type(self).__name__} expects images [B, {s}, {s}, 3]'
+                       f'; got {tuple(x.shape)}')
+
+  # ---- encoder ---------------------------------------------------------------
+
+  def encode_latents(self, x: Array) -> Array:
+    """[B, H, W, 3] -> pre-quantization latents [B, K, E]."""
+    self._check_images(x)
+    b = x.shape[0]
+    t = self.patch_embed(vit.patchify(x, self.patch_size))
+    t = t + self.patch_pos[...].astype(t.dtype)
+    lat = (self.latent_tokens[...] + self.latent_pos[...]).astype(t.dtype)
+    h = self.encoder(jnp.concatenate(
+        [t, jnp.broadcast_to(lat, (b,) + lat.shape)], axis=1))
+    return self.to_code(h[:, self.num_patches:])
+
+  # ---- decoder ---------------------------------------------------------------
+
+  def decode_features(self, zq: Array, num_kept: Array | None = None) -> Array:
+    """Quantized latents [B, L, E] (L <= K) -> mask-token outputs [B, N, D].
+
+    `num_kept` int [B]: only the first num_kept[b] latents are visible
+    (tail drop); None keeps all L.
+    """
+    b, length = zq.shape[:2]
+    if not 1 <= length <= self.num_tokens:
+      raise ValueError(f'{length} tokens given; expected 1..{self.num_tokens}')
+    lat = self.from_code(zq) + self.dec_latent_pos[:length].astype(zq.dtype)
+    masks = self.mask_token[...] + self.dec_patch_pos[...]
+    masks = jnp.broadcast_to(masks.astype(lat.dtype), (b,) + masks.shape)
+    mask = None
+    if num_kept is not None:
+      n = self.num_patches
+      pos = jnp.arange(n + length)
+      keep = (pos[None] < n) | (pos[None] - n < num_kept[:, None])  # [B, Nk]
+      mask = keep[:, None, :]
+    h = self.decoder(jnp.concatenate([masks, lat], axis=1), mask)
+    return h[:, :self.num_patches]
+
+  def _render(self, feats: Array) -> tuple[Array, Array | None]:
+    """Mask-token features -> (images, proxy logits or None)."""
+    out = self.head(feats)
+    if self.teacher is None:
+      s = self.image_size
+      return vit.unpatchify(out, self.patch_size, s, s), None
+    logits = out.astype(jnp.float32)
+    codes = jnp.argmax(logits, -1).reshape(-1, self.grid, self.grid)
+    x_hat = jax.lax.stop_gradient(self.teacher.decode(codes))
+    return x_hat, logits
+
+  # ---- the image-task interface ----------------------------------------------
+
+  def __call__(self, x: Array, train: bool = False, *, step=None, rng=None,
+               quantizer_hook=None):
+    del step
+    z = self.encode_latents(x)
+    out = self.quantizer(z, train=train)
+    zq = out.quantized
+    if quantizer_hook is not None:
+      zq = quantizer_hook(self.quantizer, out)
+    num_kept = None
+    if train and self.tail_drop is not None and rng is not None:
+      num_kept = sample_num_kept(jax.random.fold_in(rng, 1), x.shape[0],
+                                 self.num_tokens, self.tail_drop)
+      out = out.replace(metrics=dict(
+          out.metrics, tokens_kept=jnp.mean(num_kept.astype(jnp.float32))))
+    x_hat, logits = self._render(self.decode_features(zq, num_kept))
+    if not train:
+      return x_hat, out
+    extra = {}
+    if logits is not None:
+      targets = jax.lax.stop_gradient(self.teacher.encode(x))
+      targets = targets.reshape(x.shape[0], -1)
+      import optax  # pylint: disable=g-import-not-at-top
+      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
+          logits, targets))
+      extra['proxy_ce'] = self.proxy_weight * ce
+    return x_hat, out, extra
+
+  def encode(self, x: Array, num_tokens: int | None = None) -> Array:
+    """Images [B, H, W, 3] in [-1, 1] -> the first k token ids, int32 [B, k]
+    (k = num_tokens, default K)."""
+    k = self.num_tokens if num_tokens is None else int(num_tokens)
+    if not 1 <= k <= self.num_tokens:
+      raise ValueError(f'num_tokens must be in 1..{self.num_tokens}; got {k}')
+    ids = self.quantizer.encode(self.encode_latents(x))
+    return ids[:, :k]
+
+  def decode(self, indices: Array) -> Array:
+    """Token ids [B, L] (any 1 <= L <= K, a prefix) -> images [B, H, W, 3]."""
+    if indices.ndim < 2:
+      raise ValueError(f'decode expects ids [B, L]; got {indices.shape}')
+    x_hat, _ = self._render(self.decode_features(
+        self.quantizer.decode(indices)))
+    return x_hat
