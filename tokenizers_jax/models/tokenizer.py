@@ -3,6 +3,7 @@
   tok = Tokenizer.from_workdir('/tmp/vqgan')
   ids = tok.encode(images)        # [B, H, W, 3] in [-1, 1] -> int32 [B, h, w(, G)]
   recon = tok.decode(ids)         # -> [B, H, W, 3] in [-1, 1]
+  ids = tok.encode(images, num_tokens=4)   # 1D tokenizers: first 4 ids [B, 4]
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class Tokenizer:
     self.config = config
     self.step = step
     graph, state = nnx.split(model)
-    self._encode = jax.jit(lambda s, x: nnx.merge(graph, s).encode(x))
+    self._encode = jax.jit(
+        lambda s, x, k: (nnx.merge(graph, s).encode(x) if k is None else
+                         nnx.merge(graph, s).encode(x, num_tokens=k)),
+        static_argnums=2)
     self._decode = jax.jit(lambda s, i: nnx.merge(graph, s).decode(i))
     self._state = state
 
@@ -51,11 +55,18 @@ class Tokenizer:
                               jax.device_get(state['gen']['rest']), copy=True)
     return cls(model, config, step)
 
-  def encode(self, images) -> Array:
+  def encode(self, images, num_tokens: int | None = None) -> Array:
+    """`num_tokens=k`: the first k token ids of a 1D tokenizer (TiTok,
+    One-D-Piece, FlexTok), [B, k]."""
     images = jnp.asarray(images, jnp.float32)
     if images.ndim != 4 or images.shape[-1] != 3:
       raise ValueError(f'encode expects images [B, H, W, 3] in [-1, 1]; got {images.shape}')
-    return self._encode(self._state, images)
+    if num_tokens is not None and not getattr(self.model, 'one_dimensional',
+                                              False):
+      raise ValueError(f'num_tokens is for 1D tokenizers; '
+                       f'{type(self.model).__name__} has a 2D token grid')
+    return self._encode(self._state, images,
+                        None if num_tokens is None else int(num_tokens))
 
   def decode(self, indices) -> Array:
     indices = jnp.asarray(indices)

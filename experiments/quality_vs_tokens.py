@@ -1,0 +1,216 @@
+r"""Reconstruction quality against the number of 1D tokens k.
+
+Trains the tiny FlexTok (configs/flextok.py:tiny: 32 registers, FSQ with
+64 000 codes, rectified-flow decoder, nested dropout over powers of two) and
+the tiny One-D-Piece (configs/one_d_piece.py:tiny: 32 tokens, VQ with 4096
+codes, tail drop) on the embedded photos, then encodes every held-out crop
+once and decodes it from its first k tokens, k in {1, 2, 4, ..., K}, and
+reports PSNR and SSIM (and FID against the held-out crops when
+--inception_path names local FID Inception weights) with the bits per image
+k * log2(codebook size).
+
+Baselines: the tiny 2D VQ-GAN (configs/vqgan.py:tiny, 8x8 tokens of 8 bits,
+trained here with the same number of steps unless --vqgan_workdir names a
+finished run of that config), and, for every k, bicubic down/up-sampling
+that stores at least the same bits per image
+(`evaluators.image.bicubic_at_bits`).
+
+Writes results.json, a markdown table and the plot (also copied to
+experiments/figures/quality_vs_tokens.png).
+
+  python experiments/quality_vs_tokens.py --workdir=/tmp/qvt
+  python experiments/quality_vs_tokens.py --workdir=/tmp/qvt --steps=300 \
+      --vqgan_workdir=/tmp/vqgan
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = {'flextok': 'configs/flextok.py:tiny',
+          'one_d_piece': 'configs/one_d_piece.py:tiny'}
+
+
+def train(spec: str, workdir: str, steps: int) -> float:
+  """Trains (or resumes) a config in `workdir`; returns the seconds spent."""
+  from tokenizers_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  c = config_lib.load_config_file(os.path.join(REPO, spec))
+  c.total_steps = steps
+  c.eval_every = steps
+  c.checkpoint_every = steps
+  t0 = time.time()
+  train_lib.train_and_evaluate(c, workdir)
+  return time.time() - t0
+
+
+def eval_prefixes(workdir: str, inception=None) -> dict:
+  """PSNR/SSIM (and FID) of decoding the first k tokens, per k."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.evaluators import image as im  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  tok = Tokenizer.from_workdir(workdir)
+  model = tok.model
+  big_k = model.num_tokens
+  ks = [2 ** i for i in range(big_k.bit_length()) if 2 ** i < big_k] + [big_k]
+  bits_per_token = math.log2(model.codebook_size)
+  ds = data_lib.make_eval_dataset(
+      tok.config.data.source, image_size=tok.config.data.image_size,
+      global_batch_size=32, data_dir=tok.config.data.data_dir)
+  sums = {k: np.zeros(4) for k in ks}
+  feats = {k: [] for k in ks}
+  feats_real = []
+  prefix_ok = True
+  n = 0.0
+  for batch in ds:
+    x = jnp.asarray(batch['image'])
+    m = np.asarray(batch['mask'], np.float64)
+    ids = tok.encode(x)
+    for k in ks:
+      # A prefix code: encoding with k tokens gives the first k ids.
+      if k == ks[0]:
+        prefix_ok &= bool(jnp.all(tok.encode(x, num_tokens=k) == ids[:, :k]))
+      x_hat = tok.decode(ids[:, :k])
+      x_bic = im.bicubic_at_bits(x, k * bits_per_token)
+      vals = [im.psnr(x, x_hat), im.ssim(x, x_hat), im.psnr(x, x_bic),
+              im.ssim(x, x_bic)]
+      sums[k] += np.array([np.sum(np.asarray(v, np.float64) * m)
+                           for v in vals])
+      if inception is not None:
+        feats[k].append(np.asarray(inception.features(x_hat))[m > 0])
+    if inception is not None:
+      feats_real.append(np.asarray(inception.features(x))[m > 0])
+    n += float(m.sum())
+  rows = []
+  for k in ks:
+    s = sums[k] / n
+    row = dict(k=k, bits=k * bits_per_token, psnr=s[0], ssim=s[1],
+               bicubic_bits_psnr=s[2], bicubic_bits_ssim=s[3])
+    if inception is not None:
+      from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+      row['fid'] = fid_lib.fid_from_features(np.concatenate(feats_real),
+                                             np.concatenate(feats[k]))
+    rows.append(row)
+  return dict(rows=rows, num_tokens=big_k, codebook_size=model.codebook_size,
+              prefix_code=prefix_ok, num_images=n, step=tok.step)
+
+
+def markdown(results: dict) -> str:
+  lines = ['| model | k tokens | bits/image | PSNR (dB) | SSIM | FID | '
+           'bicubic ≥ same bits: PSNR | SSIM |', '|' + '---|' * 8]
+  for name in MODELS:
+    if name not in results:
+      continue
+    for r in results[name]['rows']:
+      fid = f"{r['fid']:.1f}" if 'fid' in r else '—'
+      lines.append(f"| {name} | {r['k']} | {r['bits']:.0f} | {r['psnr']:.2f} "
+                   f"| {r['ssim']:.3f} | {fid} | {r['bicubic_bits_psnr']:.2f} "
+                   f"| {r['bicubic_bits_ssim']:.3f} |")
+  v = results.get('vqgan')
+  if v:
+    lines.append(f"| vqgan (2D, 8x8) | 64 | {v['eval/bits_per_image']:.0f} | "
+                 f"{v['eval/psnr']:.2f} | {v['eval/ssim']:.3f} | "
+                 f"{v.get('eval/rfid', float('nan')):.1f} | "
+                 f"{v['eval/bicubic_bits_psnr']:.2f} | "
+                 f"{v['eval/bicubic_bits_ssim']:.3f} |".replace('nan', '—'))
+  return '\n'.join(lines)
+
+
+def plot(results: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  colors = {'flextok': 'C0', 'one_d_piece': 'C1'}
+  for name in MODELS:
+    if name not in results:
+      continue
+    rows = results[name]['rows']
+    ks = [r['k'] for r in rows]
+    bits = [r['bits'] for r in rows]
+    axes[0].plot(ks, [r['psnr'] for r in rows], 'o-', color=colors[name],
+                 label=name)
+    axes[1].plot(bits, [r['psnr'] for r in rows], 'o-', color=colors[name],
+                 label=name)
+    axes[1].plot(bits, [r['bicubic_bits_psnr'] for r in rows], ':',
+                 color=colors[name], label=f'bicubic at {name} bits')
+  v = results.get('vqgan')
+  if v:
+    axes[0].axhline(v['eval/psnr'], color='k', ls='--',
+                    label='2D VQ-GAN (64 tokens)')
+    axes[1].plot([v['eval/bits_per_image']], [v['eval/psnr']], 'ks',
+                 label='2D VQ-GAN (8x8 x 8 bits)')
+  axes[0].set_xscale('log', base=2)
+  axes[0].set_xlabel('tokens k')
+  axes[1].set_xscale('log', base=2)
+  axes[1].set_xlabel('bits per image')
+  for ax in axes:
+    ax.set_ylabel('held-out PSNR (dB)')
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+  fig.suptitle('1D tokenizers: quality vs number of tokens (32² photos)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--steps', type=int, default=2000)
+  parser.add_argument('--only', default=','.join(MODELS))
+  parser.add_argument('--vqgan_workdir', default=None,
+                      help='a finished configs/vqgan.py:tiny run to use '
+                      'instead of training one')
+  parser.add_argument('--inception_path', default=None,
+                      help='local FID Inception weights (FID is skipped '
+                      'without them)')
+  parser.add_argument('--figure', default=os.path.join(
+      REPO, 'experiments', 'figures', 'quality_vs_tokens.png'))
+  args = parser.parse_args()
+  os.makedirs(args.workdir, exist_ok=True)
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  inception = None
+  if args.inception_path:
+    from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+    inception = fid_lib.InceptionV3.from_file(args.inception_path)
+  out_json = os.path.join(args.workdir, 'results.json')
+  results = json.load(open(out_json)) if os.path.exists(out_json) else {}
+  for name in args.only.split(','):
+    if name not in MODELS:
+      raise ValueError(f'unknown model {name!r}; known: {list(MODELS)}')
+    wd = os.path.join(args.workdir, name)
+    secs = train(MODELS[name], wd, args.steps)
+    results[name] = eval_prefixes(wd, inception)
+    results[name]['train_seconds'] = secs
+    print(name, json.dumps(results[name], indent=1), flush=True)
+    json.dump(results, open(out_json, 'w'), indent=1)
+  vq_wd = args.vqgan_workdir or os.path.join(args.workdir, 'vqgan')
+  if not args.vqgan_workdir:
+    results['vqgan_train_seconds'] = train('configs/vqgan.py:tiny', vq_wd,
+                                           args.steps)
+  vq = train_lib.evaluate_workdir(vq_wd, num_batches=-1)
+  results['vqgan'] = {k: v for k, v in vq.items()
+                      if isinstance(v, (int, float))}
+  results['vqgan']['workdir'] = vq_wd
+  json.dump(results, open(out_json, 'w'), indent=1)
+  table = markdown(results)
+  open(os.path.join(args.workdir, 'table.md'), 'w').write(table + '\n')
+  print(table)
+  fig = os.path.join(args.workdir, 'quality_vs_tokens.png')
+  plot(results, fig)
+  if args.figure:
+    os.makedirs(os.path.dirname(args.figure), exist_ok=True)
+    shutil.copy(fig, args.figure)
+
+
+if __name__ == '__main__':
+  main()
