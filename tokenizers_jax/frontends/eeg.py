@@ -1,0 +1,328 @@
+"""EEG front end (NeuroRVQ): multi-scale temporal convolutions, transformers,
+and a Fourier decoder (log-amplitude and phase heads, signal by inverse FFT).
+
+Encoder. Every 1-second patch of every channel goes through G inception-style
+branches (NeuroRVQ's four: kernels 21/15/9/5, then 9/7/5/3; each layer conv
+-> GroupNorm(4) -> GELU -> average pool 2, then 4), flattened time-major to a
+(P/8)*K vector per branch. A class token, a learned spatial embedding
+(electrode index, `data.eeg.ELECTRODES`) and a learned temporal embedding
+(patch position) are added, one transformer (shared weights, qk-norm) runs on
+each branch's tokens separately, and a per-branch LayerNorm-Linear head and
+Linear-Tanh-Linear projection give the code vectors.
+
+Decoder. Per branch, a 1x1 embedding of the (quantized) code, the same
+embeddings, a shared transformer and a per-branch LayerNorm-Linear head; the
+branches are concatenated and three heads predict, per patch, the
+standardised log-amplitude of the FFT (Linear-GELU-Linear) and the sine and
+cosine of its phase (Linear-Tanh-Linear-Tanh). `rebuild_signal` inverts:
+x = Re(iFFT(expm1(A*sigma + mu) * (cos + i sin))).
+
+Dimension legend:
+  B: batch; C: channels; A: patches per window; T = A*P samples
+  P: patch size (200 = 1 s at 200 Hz); F = P FFT bins (full FFT)
+  G: branches (4); K: conv channels per branch; D: transformer width
+  E: code dimension; L = 1 + C*A tokens (class token first)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from flax import nnx
+import jax
+import jax.numpy as jnp
+
+from tokenizers_jax.quantizers import base as qbase
+
+Array = jax.Array
+Dtype = Any
+
+BRANCH_KERNELS = ((21, 9), (15, 7), (9, 5), (5, 3))
+POOLS = (2, 4)
+NUM_ELECTRODES = 94  # len(data.eeg.ELECTRODES); index 0 = class token.
+LN_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------
+# Fourier decomposition (the targets) and its inverse.
+# --------------------------------------------------------------------------
+def std_norm(v: Array, mask: Array | None = None, ddof: int = 1):
+  """Per-example z-score over all axes but the first, with the unbiased
+  variance (as torch.var) clamped at 1e-8. mask: broadcastable to v.
+
+  Returns (z, mean, std), mean/std shaped [B, 1, ..., 1].
+  """
+  axes = tuple(range(1, v.ndim))
+  w = jnp.ones_like(v) if mask is None else jnp.broadcast_to(mask, v.shape
+                                                             ).astype(v.dtype)
+  n = jnp.sum(w, axes, keepdims=True)
+  mean = jnp.sum(v * w, axes, keepdims=True) / jnp.maximum(n, 1)
+  var = jnp.sum(w * (v - mean) ** 2, axes, keepdims=True) / jnp.maximum(
+      n - ddof, 1)
+  std = jnp.sqrt(jnp.maximum(var, 1e-8))
+  return (v - mean) / std, mean, std
+
+
+def fft_features(x: Array, mask: Array | None = None) -> dict[str, Array]:
+  """Targets of a patched signal x [B, C, A, P] (float32).
+
+  Returns dict(amplitude = standardised log1p|FFT| [B, C, A, P], sin, cos of
+  the phase, amp_mean, amp_std [B, 1, 1, 1]); mask [B, A] excludes padded
+  patches from the statistics.
+  """
+  spec = jnp.fft.fft(x.astype(jnp.float32), axis=-1)
+  log_amp = jnp.log1p(jnp.abs(spec))
+  m = None if mask is None else mask[:, None, :, None]
+  amp, mean, std = std_norm(log_amp, m)
+  phase = jnp.angle(spec)
+  return dict(amplitude=amp, sin=jnp.sin(phase), cos=jnp.cos(phase),
+              amp_mean=mean, amp_std=std)
+
+
+def rebuild_signal(amplitude: Array, sin: Array, cos: Array, amp_mean: Array,
+                   amp_std: Array) -> Array:
+  """Re(iFFT(expm1(amplitude * std + mean) * (cos + i sin))), [..., P]."""
+  mag = jnp.expm1(amplitude.astype(jnp.float32) * amp_std + amp_mean)
+  spec = mag * cos.astype(jnp.float32) + 1j * (mag * sin.astype(jnp.float32))
+  return jnp.real(jnp.fft.ifft(spec, axis=-1))
+
+
+# --------------------------------------------------------------------------
+# Layers.
+# --------------------------------------------------------------------------
+def _linear(din: int, dout: int, names=('embed', 'mlp'), *, dtype: Dtype,
+            rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(din, dout, dtype=dtype, rngs=rngs,
+                    kernel_init=nnx.initializers.truncated_normal(0.02),
+                    kernel_metadata=qbase.logical(*names),
+                    bias_metadata=qbase.logical(names[1]))
+
+
+def _norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, rngs=rngs,
+                       scale_metadata=qbase.logical('embed'),
+                       bias_metadata=qbase.logical('embed'))
+
+
+class TemporalBranch(nnx.Module):
+  """conv(k1) -> GN -> GELU -> pool 2 -> conv(k2) -> GN -> GELU -> pool 4."""
+
+  def __init__(self, kernels: Sequence[int], channels: int, *,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    self.convs = nnx.List()
+    self.norms = nnx.List()
+    cin = 1
+    for k in kernels:
+      self.convs.append(nnx.Conv(
+          cin, channels, (k,), padding='SAME', dtype=dtype, rngs=rngs,
+          kernel_init=nnx.initializers.truncated_normal(0.02),
+          kernel_metadata=qbase.logical(None, None, 'mlp'),
+          bias_metadata=qbase.logical('mlp')))
+      self.norms.append(nnx.GroupNorm(channels, num_groups=min(4, channels),
+                                      dtype=dtype, rngs=rngs))
+      cin = channels
+
+  def __call__(self, x: Array) -> Array:
+    """[M, P] -> [M, (P/8)*K], time-major (t0k0, t0k1, ..., t1k0, ...)."""
+    h = x[..., None]
+    for conv, norm, pool in zip(self.convs, self.norms, POOLS):
+      h = nnx.gelu(norm(conv(h)), approximate=False)
+      h = h.reshape(h.shape[0], h.shape[1] // pool, pool, h.shape[2]).mean(2)
+    return h.reshape(h.shape[0], -1)
+
+
+class Block(nnx.Module):
+  """Pre-LN transformer block with qk-norm and a key padding mask."""
+
+  def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if width % num_heads:
+      raise ValueError(f'width {width} is not divisible by num_heads '
+                       f'{num_heads}')
+    kw = dict(dtype=dtype, rngs=rngs)
+    hd = width // num_heads
+    self.num_heads = num_heads
+    self.norm1 = _norm(width, **kw)
+    self.qkv = _linear(width, 3 * width, ('embed', 'heads'), **kw)
+    self.q_norm = nnx.LayerNorm(hd, epsilon=LN_EPS, dtype=dtype, rngs=rngs)
+    self.k_norm = nnx.LayerNorm(hd, epsilon=LN_EPS, dtype=dtype, rngs=rngs)
+    self.proj = _linear(width, width, ('heads', 'embed'), **kw)
+    self.norm2 = _norm(width, **kw)
+    self.fc1 = _linear(width, int(width * mlp_ratio), ('embed', 'mlp'), **kw)
+    self.fc2 = _linear(int(width * mlp_ratio), width, ('mlp', 'embed'), **kw)
+
+  def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
+    """x [B, L, D], key_mask bool [B, L] (False: padding) -> [B, L, D]."""
+    b, n, d = x.shape
+    h = self.num_heads
+    q, k, v = (t.reshape(b, n, h, d // h)
+               for t in jnp.split(self.qkv(self.norm1(x)), 3, axis=-1))
+    q, k = self.q_norm(q), self.k_norm(k)
+    s = jnp.einsum('bqhc,bkhc->bhqk', q, k,
+                   preferred_element_type=jnp.float32) * (d // h) ** -0.5
+    if key_mask is not None:
+      s = jnp.where(key_mask[:, None, None, :], s, -1e30)
+    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+    x = x + self.proj(jnp.einsum('bhqk,bkhc->bqhc', p, v).reshape(b, n, d))
+    return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
+
+
+class Transformer(nnx.Module):
+  """Class token + spatial/temporal embeddings + `depth` shared blocks."""
+
+  def __init__(self, width: int, depth: int, num_heads: int, max_patches: int,
+               mlp_ratio: float = 4.0, final_norm: bool = True, *,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    init = lambda n: nnx.Param(
+        0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (n, width)),
+        **qbase.logical(None, 'embed'))
+    self.cls = init(1)
+    self.spatial = init(NUM_ELECTRODES + 1)
+    self.temporal = init(max_patches)
+    self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, dtype=dtype,
+                                  rngs=rngs) for _ in range(depth)])
+    self.norm = _norm(width, dtype=dtype, rngs=rngs) if final_norm else None
+
+  def __call__(self, tokens: Array, channel_ids: Array,
+               mask: Array | None) -> Array:
+    """tokens [B, C, A, D], channel_ids int [C], mask [B, A] -> [B, C, A, D]."""
+    b, c, a, d = tokens.shape
+    if a > self.temporal.shape[0]:
+      raise ValueError(f'{a} patches exceed the {self.temporal.shape[0]} '
+                       'temporal embeddings (max_patches)')
+    x = (tokens + self.spatial[...][channel_ids][None, :, None]
+         + self.temporal[...][:a][None, None])
+    cls = jnp.broadcast_to(self.cls[...] + self.spatial[...][0], (b, 1, d))
+    x = jnp.concatenate([cls.astype(x.dtype), x.reshape(b, c * a, d)], 1)
+    key_mask = None
+    if mask is not None:
+      tok = jnp.broadcast_to(mask[:, None, :], (b, c, a)).reshape(b, c * a)
+      key_mask = jnp.concatenate([jnp.ones((b, 1), bool), tok], 1)
+    for block in self.blocks:
+      x = block(x, key_mask)
+    if self.norm is not None:
+      x = self.norm(x)
+    return x[:, 1:].reshape(b, c, a, d)
+
+
+# --------------------------------------------------------------------------
+# Encoder, decoder, front end.
+# --------------------------------------------------------------------------
+class EEGFrontEnd(nnx.Module):
+  """NeuroRVQ's encoder and decoder (quantization happens in the model).
+
+  Args:
+    patch_size: P (divisible by 8).
+    max_patches: size of the temporal embedding (longest window).
+    branches: kernel pairs, one per branch (G = len(branches)).
+    conv_channels: K.
+    embed_dim: D; a linear map follows the convs when (P/8)*K != D.
+    depth, num_heads, decoder_depth, mlp_ratio: transformers.
+    code_dim: E.
+  """
+
+  modality = 'eeg'
+
+  def __init__(self, *, patch_size: int = 200, max_patches: int = 256,
+               branches: Sequence[Sequence[int]] = BRANCH_KERNELS,
+               conv_channels: int = 8, embed_dim: int = 200, depth: int = 12,
+               num_heads: int = 10, decoder_depth: int = 3,
+               mlp_ratio: float = 4.0, code_dim: int = 128,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if patch_size % 8:
+      raise ValueError(f'patch_size {patch_size} must be divisible by 8 '
+                       '(the branches pool by 2 then 4)')
+    if not branches:
+      raise ValueError('need at least one branch')
+    self.patch_size = patch_size
+    self.num_branches = len(branches)
+    self.code_dim = code_dim
+    kw = dict(dtype=dtype, rngs=rngs)
+    d = embed_dim
+    conv_out = (patch_size // 8) * conv_channels
+    self.branches = nnx.List([TemporalBranch(k, conv_channels, **kw)
+                              for k in branches])
+    self.conv_proj = (None if conv_out == d else
+                      _linear(conv_out, d, ('mlp', 'embed'), **kw))
+    self.encoder = Transformer(d, depth, num_heads, max_patches, mlp_ratio,
+                               final_norm=False, **kw)
+    g = self.num_branches
+    self.enc_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
+    self.enc_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
+                               for _ in range(g)])
+    self.to_code = nnx.List([
+        nnx.List([_linear(d, d, ('embed', 'mlp'), **kw),
+                  _linear(d, code_dim, ('mlp', 'code_dim'), **kw)])
+        for _ in range(g)])
+    self.dec_in = nnx.List([_linear(code_dim, d, ('code_dim', 'embed'), **kw)
+                            for _ in range(g)])
+    self.decoder = Transformer(d, decoder_depth, num_heads, max_patches,
+                               mlp_ratio, final_norm=False, **kw)
+    self.dec_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
+    self.dec_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
+                               for _ in range(g)])
+    self.amp_head = nnx.List([_linear(g * d, d, **kw),
+                              _linear(d, patch_size, ('mlp', None), **kw)])
+    self.sin_head = nnx.List([_linear(g * d, d, **kw),
+                              _linear(d, patch_size, ('mlp', None), **kw)])
+    self.cos_head = nnx.List([_linear(g * d, d, **kw),
+                              _linear(d, patch_size, ('mlp', None), **kw)])
+
+  def patchify(self, x: Array) -> Array:
+    """[B, C, T] -> [B, C, A, P] (T must be a multiple of P)."""
+    if x.ndim != 3:
+      raise ValueError(f'EEG input must be [B, C, T]; got shape {x.shape}')
+    b, c, t = x.shape
+    if t % self.patch_size:
+      raise ValueError(f'{t} samples is not a whole number of '
+                       f'{self.patch_size}-sample patches')
+    return x.reshape(b, c, t // self.patch_size, self.patch_size)
+
+  def latent_shape(self, input_shape: Sequence[int]) -> tuple[int, ...]:
+    """[B, C, T] -> [B, G, C, A, E]."""
+    b, c, t = input_shape
+    return (b, self.num_branches, c, t // self.patch_size, self.code_dim)
+
+  def encode(self, x: Array, channel_ids: Array, mask: Array | None = None,
+             train: bool = False) -> Array:
+    """x [B, C, T] -> code vectors [B, G, C, A, E] (before quantization)."""
+    del train
+    xp = self.patchify(x)
+    b, c, a, p = xp.shape
+    flat = xp.reshape(b * c * a, p)
+    outs = []
+    for g, branch in enumerate(self.branches):
+      h = branch(flat)
+      if self.conv_proj is not None:
+        h = self.conv_proj(h)
+      outs.append(h.reshape(b, c, a, -1))
+    # One transformer call for all branches: branches stacked on the batch.
+    h = self.encoder(jnp.concatenate(outs, 0), channel_ids,
+                     None if mask is None else jnp.tile(mask, (len(outs), 1)))
+    h = h.reshape((len(outs), b) + h.shape[1:])
+    codes = []
+    for g in range(self.num_branches):
+      y = self.enc_heads[g](self.enc_norms[g](h[g]))
+      lin1, lin2 = self.to_code[g]
+      codes.append(lin2(jnp.tanh(lin1(y))))
+    return jnp.stack(codes, 1)
+
+  def decode(self, z: Array, channel_ids: Array, mask: Array | None = None,
+             train: bool = False) -> dict[str, Array]:
+    """z [B, G, C, A, E] -> dict(amplitude, sin, cos), each [B, C, A, P]."""
+    del train
+    g = self.num_branches
+    if z.ndim != 5 or z.shape[1] != g or z.shape[-1] != self.code_dim:
+      raise ValueError(f'latents must be [B, {g}, C, A, {self.code_dim}]; got '
+                       f'{z.shape}')
+    b = z.shape[0]
+    h = jnp.concatenate([self.dec_in[i](z[:, i]) for i in range(g)], 0)
+    h = self.decoder(h, channel_ids,
+                     None if mask is None else jnp.tile(mask, (g, 1)))
+    h = h.reshape((g, b) + h.shape[1:])
+    feats = jnp.concatenate([self.dec_heads[i](self.dec_norms[i](h[i]))
+                             for i in range(g)], -1)
+    amp = self.amp_head[1](nnx.gelu(self.amp_head[0](feats), approximate=False))
+    sin = jnp.tanh(self.sin_head[1](jnp.tanh(self.sin_head[0](feats))))
+    cos = jnp.tanh(self.cos_head[1](jnp.tanh(self.cos_head[0](feats))))
+    return dict(amplitude=amp, sin=sin, cos=cos)
