@@ -61,6 +61,8 @@ from tokenizers_jax.data import skimage_photos
 
 DATASET_NAME = 'eeg_recordings'
 VERSION = '1.0.0'
+# Bumped whenever `synthesize_recording` changes (it names the EDF folder).
+SYNTHETIC_VERSION = 2
 SFREQ = 200.0
 PATCH_SIZE = 200
 SYNTHETIC_SFREQ = 250.0
@@ -175,12 +177,12 @@ def synthesize_recording(seconds: int, *, seed: int = 0, index: int = 0,
     focus = pos[rng.integers(c)]
     x += 10e-6 * _topography(channels, focus, 0.4)[:, None] * burst
   # Eye blinks: frontal, decaying away from the eyes.
-  blink_topo = np.exp(-np.linalg.norm(pos - np.array([0, 1.25]), axis=-1)
-                      / 0.35)
+  blink_topo = np.exp(-np.linalg.norm(pos - np.array([0, 1.1]), axis=-1)
+                      / 0.5)
   tb = rng.uniform(1, 5)
   while tb < seconds - 0.5:
     shape_b = np.exp(-0.5 * ((t - tb) / 0.07) ** 2)
-    x += 120e-6 * rng.uniform(0.7, 1.3) * blink_topo[:, None] * shape_b
+    x += 150e-6 * rng.uniform(0.7, 1.3) * blink_topo[:, None] * shape_b
     tb += rng.uniform(2, 8)
   x += 2e-6 * np.sin(2 * np.pi * 50 * t + rng.uniform(0, 2 * np.pi))
   return x
@@ -388,6 +390,8 @@ def make_config(folder: str = '', channels: Sequence[str] = CHANNELS_1020,
     raise ValueError('segment_patches must be >= 1 and patch_size >= 8')
   fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(EegConfig)
             if f.name in EegConfig.__annotations__}
+  if not folder:
+    fields['synthetic_version'] = SYNTHETIC_VERSION
   digest = hashlib.sha256(repr(sorted(fields.items())).encode()).hexdigest()
   prefix = 'folder' if folder else 'synthetic'
   return dataclasses.replace(cfg, name=f'{prefix}_{digest[:10]}',
@@ -418,7 +422,8 @@ def split_recordings(names: Sequence[str], val_fraction: float
 def synthetic_folder(data_dir: str, cfg: EegConfig) -> pathlib.Path:
   """Writes the synthetic recordings as EDF (once) and returns their folder."""
   folder = (pathlib.Path(data_dir) / 'eeg_synthetic_edf' /
-            f'n{cfg.num_recordings}_s{cfg.seconds}_seed{cfg.seed}')
+            f'v{SYNTHETIC_VERSION}_n{cfg.num_recordings}_s{cfg.seconds}'
+            f'_seed{cfg.seed}')
   done = folder / 'DONE'
   if not done.exists():
     folder.mkdir(parents=True, exist_ok=True)
