@@ -50,77 +50,106 @@ def train(spec: str, workdir: str, steps: int) -> float:
   return time.time() - t0
 
 
-def eval_prefixes(workdir: str, inception=None) -> dict:
-  """PSNR/SSIM (and FID) of decoding the first k tokens, per k."""
+def _splits(config, num_train_images: int):
+  """(name, batches): the held-out split, and a fixed set of training crops
+  (the photos the tokenizer was trained on) to separate memorisation from
+  generalisation."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax import data as data_lib  # pylint: disable=g-import-not-at-top
+  held_out = data_lib.make_eval_dataset(
+      config.data.source, image_size=config.data.image_size,
+      global_batch_size=32, data_dir=config.data.data_dir)
+  train = data_lib.make_image_dataset(
+      config.data.source, train=True, image_size=config.data.image_size,
+      global_batch_size=32, seed=1234, random_flip=False,
+      data_dir=config.data.data_dir)
+  return [('held_out', held_out),
+          ('train', itertools.islice(iter(train), num_train_images // 32))]
+
+
+def eval_prefixes(workdir: str, inception=None,
+                  num_train_images: int = 160) -> dict:
+  """PSNR/SSIM (and FID) of decoding the first k tokens, per k, on the
+  held-out split and on training crops. A 2D tokenizer gives one row (all
+  its tokens)."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax import data as data_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.evaluators import image as im  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
   tok = Tokenizer.from_workdir(workdir)
   model = tok.model
-  big_k = model.num_tokens
-  ks = [2 ** i for i in range(big_k.bit_length()) if 2 ** i < big_k] + [big_k]
+  one_d = getattr(model, 'one_dimensional', False)
+  if one_d:
+    big_k = model.num_tokens
+    ks = [2 ** i for i in range(big_k.bit_length()) if 2 ** i < big_k]
+    ks.append(big_k)
+  else:
+    ks = [None]
   bits_per_token = math.log2(model.codebook_size)
-  ds = data_lib.make_eval_dataset(
-      tok.config.data.source, image_size=tok.config.data.image_size,
-      global_batch_size=32, data_dir=tok.config.data.data_dir)
-  sums = {k: np.zeros(4) for k in ks}
-  feats = {k: [] for k in ks}
-  feats_real = []
+  out = dict(codebook_size=model.codebook_size, step=tok.step)
   prefix_ok = True
-  n = 0.0
-  for batch in ds:
-    x = jnp.asarray(batch['image'])
-    m = np.asarray(batch['mask'], np.float64)
-    ids = tok.encode(x)
-    for k in ks:
-      # A prefix code: encoding with k tokens gives the first k ids.
-      if k == ks[0]:
-        prefix_ok &= bool(jnp.all(tok.encode(x, num_tokens=k) == ids[:, :k]))
-      x_hat = tok.decode(ids[:, :k])
-      x_bic = im.bicubic_at_bits(x, k * bits_per_token)
-      vals = [im.psnr(x, x_hat), im.ssim(x, x_hat), im.psnr(x, x_bic),
-              im.ssim(x, x_bic)]
-      sums[k] += np.array([np.sum(np.asarray(v, np.float64) * m)
-                           for v in vals])
+  for split, batches in _splits(tok.config, num_train_images):
+    sums = {k: np.zeros(4) for k in ks}
+    feats = {k: [] for k in ks}
+    feats_real = []
+    n = 0.0
+    tokens = 0
+    for batch in batches:
+      x = jnp.asarray(batch['image'])
+      m = np.asarray(batch.get('mask', np.ones(x.shape[0])), np.float64)
+      ids = tok.encode(x)
+      tokens = int(np.prod(ids.shape[1:]))
+      for k in ks:
+        if one_d and k == ks[0]:
+          # A prefix code: encoding with k tokens gives the first k ids.
+          prefix_ok &= bool(jnp.all(tok.encode(x, num_tokens=k)
+                                    == ids[:, :k]))
+        x_hat = tok.decode(ids[:, :k] if one_d else ids)
+        x_bic = im.bicubic_at_bits(x, (k or tokens) * bits_per_token)
+        vals = [im.psnr(x, x_hat), im.ssim(x, x_hat), im.psnr(x, x_bic),
+                im.ssim(x, x_bic)]
+        sums[k] += np.array([np.sum(np.asarray(v, np.float64) * m)
+                             for v in vals])
+        if inception is not None:
+          feats[k].append(np.asarray(inception.features(x_hat))[m > 0])
       if inception is not None:
-        feats[k].append(np.asarray(inception.features(x_hat))[m > 0])
-    if inception is not None:
-      feats_real.append(np.asarray(inception.features(x))[m > 0])
-    n += float(m.sum())
-  rows = []
-  for k in ks:
-    s = sums[k] / n
-    row = dict(k=k, bits=k * bits_per_token, psnr=s[0], ssim=s[1],
-               bicubic_bits_psnr=s[2], bicubic_bits_ssim=s[3])
-    if inception is not None:
-      from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
-      row['fid'] = fid_lib.fid_from_features(np.concatenate(feats_real),
-                                             np.concatenate(feats[k]))
-    rows.append(row)
-  return dict(rows=rows, num_tokens=big_k, codebook_size=model.codebook_size,
-              prefix_code=prefix_ok, num_images=n, step=tok.step)
+        feats_real.append(np.asarray(inception.features(x))[m > 0])
+      n += float(m.sum())
+    rows = []
+    for k in ks:
+      s = sums[k] / n
+      kk = k or tokens
+      row = dict(k=kk, bits=kk * bits_per_token, psnr=s[0], ssim=s[1],
+                 bicubic_bits_psnr=s[2], bicubic_bits_ssim=s[3])
+      if inception is not None:
+        from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
+        row['fid'] = fid_lib.fid_from_features(np.concatenate(feats_real),
+                                               np.concatenate(feats[k]))
+      rows.append(row)
+    out[split] = rows
+    out[f'{split}_images'] = n
+  out['prefix_code'] = prefix_ok
+  return out
+
+
+ALL = tuple(MODELS) + ('vqgan',)
 
 
 def markdown(results: dict) -> str:
-  lines = ['| model | k tokens | bits/image | PSNR (dB) | SSIM | FID | '
-           'bicubic ≥ same bits: PSNR | SSIM |', '|' + '---|' * 8]
-  for name in MODELS:
+  lines = ['| model | k tokens | bits/image | held-out PSNR (dB) | SSIM | FID '
+           '| bicubic ≥ same bits: PSNR | SSIM | train-crop PSNR (dB) |',
+           '|' + '---|' * 9]
+  for name in ALL:
     if name not in results:
       continue
-    for r in results[name]['rows']:
+    res = results[name]
+    for r, t in zip(res['held_out'], res['train']):
       fid = f"{r['fid']:.1f}" if 'fid' in r else '—'
-      lines.append(f"| {name} | {r['k']} | {r['bits']:.0f} | {r['psnr']:.2f} "
-                   f"| {r['ssim']:.3f} | {fid} | {r['bicubic_bits_psnr']:.2f} "
-                   f"| {r['bicubic_bits_ssim']:.3f} |")
-  v = results.get('vqgan')
-  if v:
-    lines.append(f"| vqgan (2D, 8x8) | 64 | {v['eval/bits_per_image']:.0f} | "
-                 f"{v['eval/psnr']:.2f} | {v['eval/ssim']:.3f} | "
-                 f"{v.get('eval/rfid', float('nan')):.1f} | "
-                 f"{v['eval/bicubic_bits_psnr']:.2f} | "
-                 f"{v['eval/bicubic_bits_ssim']:.3f} |".replace('nan', '—'))
+      label = name if name != 'vqgan' else 'vqgan (2D, 8x8)'
+      lines.append(
+          f"| {label} | {r['k']} | {r['bits']:.0f} | {r['psnr']:.2f} | "
+          f"{r['ssim']:.3f} | {fid} | {r['bicubic_bits_psnr']:.2f} | "
+          f"{r['bicubic_bits_ssim']:.3f} | {t['psnr']:.2f} |")
   return '\n'.join(lines)
 
 
@@ -128,35 +157,37 @@ def plot(results: dict, path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-  colors = {'flextok': 'C0', 'one_d_piece': 'C1'}
-  for name in MODELS:
-    if name not in results:
-      continue
-    rows = results[name]['rows']
-    ks = [r['k'] for r in rows]
-    bits = [r['bits'] for r in rows]
-    axes[0].plot(ks, [r['psnr'] for r in rows], 'o-', color=colors[name],
-                 label=name)
-    axes[1].plot(bits, [r['psnr'] for r in rows], 'o-', color=colors[name],
-                 label=name)
-    axes[1].plot(bits, [r['bicubic_bits_psnr'] for r in rows], ':',
-                 color=colors[name], label=f'bicubic at {name} bits')
-  v = results.get('vqgan')
-  if v:
-    axes[0].axhline(v['eval/psnr'], color='k', ls='--',
-                    label='2D VQ-GAN (64 tokens)')
-    axes[1].plot([v['eval/bits_per_image']], [v['eval/psnr']], 'ks',
-                 label='2D VQ-GAN (8x8 x 8 bits)')
-  axes[0].set_xscale('log', base=2)
-  axes[0].set_xlabel('tokens k')
-  axes[1].set_xscale('log', base=2)
-  axes[1].set_xlabel('bits per image')
-  for ax in axes:
-    ax.set_ylabel('held-out PSNR (dB)')
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+  colors = {'flextok': 'C0', 'one_d_piece': 'C1', 'vqgan': 'k'}
+  for ax, split in zip(axes, ('held_out', 'train')):
+    for name in ALL:
+      if name not in results:
+        continue
+      rows = results[name][split]
+      bits = [r['bits'] for r in rows]
+      style = 's' if name == 'vqgan' else 'o-'
+      ax.plot(bits, [r['psnr'] for r in rows], style, color=colors[name],
+              label=name if name != 'vqgan' else '2D VQ-GAN (64 tokens)')
+      if name != 'vqgan':
+        for r in rows:
+          ax.annotate(str(r['k']), (r['bits'], r['psnr']), fontsize=6,
+                      xytext=(2, 2), textcoords='offset points')
+    rows = max((results[n][split] for n in MODELS if n in results),
+               key=len, default=[])
+    ref = sorted({(r['bits'], r['bicubic_bits_psnr']) for n in ALL
+                  if n in results for r in results[n][split]})
+    ax.plot([b for b, _ in ref], [p for _, p in ref], ':', color='gray',
+            label='bicubic, ≥ same bits')
+    ax.set_xscale('log', base=2)
+    ax.set_xlabel('bits per image (k tokens x log2 codebook; k annotated)')
+    ax.set_title('held-out photos' if split == 'held_out'
+                 else 'training photos (fixed crops)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.suptitle('1D tokenizers: quality vs number of tokens (32² photos)')
+    del rows
+  axes[0].set_ylabel('PSNR (dB)')
+  fig.suptitle('1D tokenizers: reconstruction vs number of tokens (32² '
+               'photos)')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -175,9 +206,10 @@ def main() -> None:
                       'without them)')
   parser.add_argument('--figure', default=os.path.join(
       REPO, 'experiments', 'figures', 'quality_vs_tokens.png'))
+  parser.add_argument('--eval_only', action='store_true',
+                      help='evaluate the runs already in --workdir')
   args = parser.parse_args()
   os.makedirs(args.workdir, exist_ok=True)
-  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   inception = None
   if args.inception_path:
     from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
@@ -188,18 +220,16 @@ def main() -> None:
     if name not in MODELS:
       raise ValueError(f'unknown model {name!r}; known: {list(MODELS)}')
     wd = os.path.join(args.workdir, name)
-    secs = train(MODELS[name], wd, args.steps)
+    secs = None if args.eval_only else train(MODELS[name], wd, args.steps)
     results[name] = eval_prefixes(wd, inception)
     results[name]['train_seconds'] = secs
     print(name, json.dumps(results[name], indent=1), flush=True)
     json.dump(results, open(out_json, 'w'), indent=1)
   vq_wd = args.vqgan_workdir or os.path.join(args.workdir, 'vqgan')
-  if not args.vqgan_workdir:
+  if not args.vqgan_workdir and not args.eval_only:
     results['vqgan_train_seconds'] = train('configs/vqgan.py:tiny', vq_wd,
                                            args.steps)
-  vq = train_lib.evaluate_workdir(vq_wd, num_batches=-1)
-  results['vqgan'] = {k: v for k, v in vq.items()
-                      if isinstance(v, (int, float))}
+  results['vqgan'] = eval_prefixes(vq_wd, inception)
   results['vqgan']['workdir'] = vq_wd
   json.dump(results, open(out_json, 'w'), indent=1)
   table = markdown(results)
