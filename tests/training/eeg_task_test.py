@@ -1,0 +1,104 @@
+"""The EEG task end to end: a few steps of `train_and_evaluate` with the
+`test` variant of configs/neurorvq.py, the non-finite step skip, and config
+errors."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from tokenizers_jax import config_lib
+from tokenizers_jax.training import eeg_task
+from tokenizers_jax.training import tasks
+from tokenizers_jax.training import train as train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def get_config(arg='test'):
+  return config_lib.load_config_file(
+      os.path.join(REPO, 'configs', 'neurorvq.py') + ':' + arg)
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('neurorvq'))
+  config = get_config()
+  final = train_lib.train_and_evaluate(config, workdir)
+  return config, workdir, final
+
+
+def test_train_and_evaluate(trained):
+  config, workdir, final = trained
+  assert tasks.get_task(config) is eeg_task.TASK
+  assert final['step'] == config.total_steps
+  g, q = len(config.model.branches), config.quantizer.num_quantizers
+  want = ['eval/nmse', 'eval/pearson', 'eval/codebook_usage', 'eval/loss',
+          'eval/phase_cos']
+  want += [f'eval/{kind}/{b}' for kind in ('band_power_db', 'band_nmse')
+           for b in ('delta', 'theta', 'alpha', 'beta', 'gamma')]
+  want += [f'eval/usage/branch{i}/level{j}' for i in range(g)
+           for j in range(q)]
+  want += [f'eval/residual_norm/depth{d}' for d in range(q + 1)]
+  for k in want:
+    assert k in final and np.isfinite(final[k]), k
+  assert 0 < final['eval/codebook_usage'] <= 1
+  rows = [json.loads(l) for l in open(os.path.join(workdir, 'metrics.jsonl'))]
+  losses = [r['train/loss'] for r in rows if 'train/loss' in r]
+  assert len(losses) == config.total_steps // config.log_every
+  assert all(np.isfinite(losses))
+  assert os.path.isdir(os.path.join(workdir, 'checkpoints'))
+  images = os.listdir(os.path.join(workdir, 'images'))
+  assert images and images[0].startswith('reconstructions')
+
+
+@pytest.mark.slow  # A second compile of the train step (~35 s on CPU).
+def test_nonfinite_batch_is_skipped(trained):
+  config = trained[0]
+  mesh = train_lib.make_mesh(config)
+  with jax.set_mesh(mesh):
+    trainer, state, sh = eeg_task.create(config, mesh)
+    data_sh = train_lib.batch_sharding(mesh)
+    step = jax.jit(lambda s, b: eeg_task.train_step(trainer, s, b),
+                   in_shardings=(sh, data_sh), out_shardings=(sh, None),
+                   donate_argnums=0)
+    local = next(eeg_task.train_iterator(config))
+    local['eeg'][0, 0, 5] = np.nan
+    before = jax.device_get(state['gen']['params'])
+    batch = train_lib.to_global(local, data_sh, config.data.global_batch_size)
+    state, metrics = step(state, batch)
+    after = jax.device_get(state)
+  assert int(metrics['train/skipped']) == 1
+  assert int(after['nonfinite_consecutive']) == 1 == int(
+      after['nonfinite_total'])
+  assert int(after['step']) == 1
+  jax.tree.map(np.testing.assert_array_equal, after['gen']['params'], before)
+
+
+def test_config_errors():
+  config = get_config()
+  config.data.num_patches = 3
+  with pytest.raises(config_lib.ConfigError, match='data.num_patches'):
+    eeg_task.validate_config(config)
+  config = get_config()
+  config.data.channels = ('Fp1', 'Q9')
+  with pytest.raises(config_lib.ConfigError, match='unknown electrode'):
+    eeg_task.validate_config(config)
+  config = get_config()
+  config.model.loss = 'l1'
+  with pytest.raises(config_lib.ConfigError, match='model.loss'):
+    eeg_task.validate_config(config)
+  config = get_config()
+  config.data.global_batch_size = 3
+  with pytest.raises(config_lib.ConfigError, match='global_batch_size'):
+    eeg_task.validate_config(config)
+  for arg in ('tiny', 'tiny,baseline', 'paper'):
+    c = get_config(arg)
+    eeg_task.validate_config(c)
+  base = get_config('tiny,baseline')
+  assert len(base.model.branches) == 1 and base.model.loss == 'mse'
+  assert base.quantizer.num_quantizers == 4 * get_config(
+      'tiny').quantizer.num_quantizers
