@@ -76,9 +76,15 @@ def eval_prefixes(workdir: str, inception=None,
   import numpy as np  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.evaluators import image as im  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
   tok = Tokenizer.from_workdir(workdir)
   model = tok.model
   one_d = getattr(model, 'one_dimensional', False)
+  # Flow decoders: also the one-step decode x1 - v(x1, 1) from pure noise,
+  # the model's estimate of E[x0 | tokens] (the PSNR-optimal output).
+  one_step = None
+  if hasattr(model, 'num_sample_steps'):
+    one_step = nnx.jit(lambda m, i: jnp.clip(m.decode(i, num_steps=1), -1, 1))
   if one_d:
     big_k = model.num_tokens
     ks = [2 ** i for i in range(big_k.bit_length()) if 2 ** i < big_k]
@@ -89,7 +95,7 @@ def eval_prefixes(workdir: str, inception=None,
   out = dict(codebook_size=model.codebook_size, step=tok.step)
   prefix_ok = True
   for split, batches in _splits(tok.config, num_train_images):
-    sums = {k: np.zeros(4) for k in ks}
+    sums = {k: np.zeros(5) for k in ks}
     feats = {k: [] for k in ks}
     feats_real = []
     n = 0.0
@@ -108,6 +114,10 @@ def eval_prefixes(workdir: str, inception=None,
         x_bic = im.bicubic_at_bits(x, (k or tokens) * bits_per_token)
         vals = [im.psnr(x, x_hat), im.ssim(x, x_hat), im.psnr(x, x_bic),
                 im.ssim(x, x_bic)]
+        if one_step is not None:
+          vals.append(im.psnr(x, one_step(model, ids[:, :k])))
+        else:
+          vals.append(jnp.zeros(x.shape[0]))
         sums[k] += np.array([np.sum(np.asarray(v, np.float64) * m)
                              for v in vals])
         if inception is not None:
@@ -121,6 +131,8 @@ def eval_prefixes(workdir: str, inception=None,
       kk = k or tokens
       row = dict(k=kk, bits=kk * bits_per_token, psnr=s[0], ssim=s[1],
                  bicubic_bits_psnr=s[2], bicubic_bits_ssim=s[3])
+      if one_step is not None:
+        row['one_step_psnr'] = s[4]
       if inception is not None:
         from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
         row['fid'] = fid_lib.fid_from_features(np.concatenate(feats_real),
@@ -137,8 +149,8 @@ ALL = tuple(MODELS) + ('vqgan',)
 
 def markdown(results: dict) -> str:
   lines = ['| model | k tokens | bits/image | held-out PSNR (dB) | SSIM | FID '
-           '| bicubic ≥ same bits: PSNR | SSIM | train-crop PSNR (dB) |',
-           '|' + '---|' * 9]
+           '| bicubic ≥ same bits: PSNR | SSIM | train-crop PSNR (dB) '
+           '| 1-step decode PSNR: held-out / train |', '|' + '---|' * 10]
   for name in ALL:
     if name not in results:
       continue
@@ -146,10 +158,12 @@ def markdown(results: dict) -> str:
     for r, t in zip(res['held_out'], res['train']):
       fid = f"{r['fid']:.1f}" if 'fid' in r else '—'
       label = name if name != 'vqgan' else 'vqgan (2D, 8x8)'
+      one = (f"{r['one_step_psnr']:.2f} / {t['one_step_psnr']:.2f}"
+             if 'one_step_psnr' in r else '—')
       lines.append(
           f"| {label} | {r['k']} | {r['bits']:.0f} | {r['psnr']:.2f} | "
           f"{r['ssim']:.3f} | {fid} | {r['bicubic_bits_psnr']:.2f} | "
-          f"{r['bicubic_bits_ssim']:.3f} | {t['psnr']:.2f} |")
+          f"{r['bicubic_bits_ssim']:.3f} | {t['psnr']:.2f} | {one} |")
   return '\n'.join(lines)
 
 
@@ -168,6 +182,9 @@ def plot(results: dict, path: str) -> None:
       style = 's' if name == 'vqgan' else 'o-'
       ax.plot(bits, [r['psnr'] for r in rows], style, color=colors[name],
               label=name if name != 'vqgan' else '2D VQ-GAN (64 tokens)')
+      if 'one_step_psnr' in rows[0]:
+        ax.plot(bits, [r['one_step_psnr'] for r in rows], '^--',
+                color=colors[name], label=f'{name}, 1-step decode E[x0|k]')
       if name != 'vqgan':
         for r in rows:
           ax.annotate(str(r['k']), (r['bits'], r['psnr']), fontsize=6,

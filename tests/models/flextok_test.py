@@ -60,7 +60,8 @@ def test_a_register_never_attends_to_later_registers(model, images):
     model.causal_registers = False
     base = np.asarray(run(model, images))
     model.registers[...] = original
-    assert np.abs(np.asarray(run(model, images))[:, 0] - base[:, 0]).max() > 1e-4
+    reverted = np.asarray(run(model, images))
+    assert np.abs(reverted[:, 0] - base[:, 0]).max() > 1e-4
   finally:
     model.registers[...] = original
     model.causal_registers = True

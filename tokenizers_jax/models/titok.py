@@ -47,6 +47,7 @@ from typing import Any
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import optax
 
 from tokenizers_jax.models import teachers as teachers_lib
 from tokenizers_jax.models import vit
@@ -267,7 +268,6 @@ class TiTok(nnx.Module):
     if logits is not None:
       targets = jax.lax.stop_gradient(self.teacher.encode(x))
       targets = targets.reshape(x.shape[0], -1)
-      import optax  # pylint: disable=g-import-not-at-top
       ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
           logits, targets))
       extra['proxy_ce'] = self.proxy_weight * ce
