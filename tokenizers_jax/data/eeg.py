@@ -188,8 +188,9 @@ def synthesize_recording(seconds: int, *, seed: int = 0, index: int = 0,
   return x
 
 
-def write_edf(path: str | os.PathLike, data: np.ndarray, channels: Sequence[str],
-              sfreq: float, *, labels: str = 'EEG {}-REF') -> None:
+def write_edf(path: str | os.PathLike, data: np.ndarray,
+              channels: Sequence[str], sfreq: float, *,
+              labels: str = 'EEG {}-REF') -> None:
   """Writes float [C, T] volts as a 16-bit EDF file (edfio), uV units.
 
   Each channel's physical range is its own rounded-up peak, so the
@@ -477,7 +478,8 @@ class EegRecordings(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     folder = cfg.folder  # build_dataset writes the synthetic EDFs first.
     splits = split_recordings(list_recordings(folder), cfg.val_fraction)
-    return {s: self._generate_examples(folder, names) for s, names in splits.items()}
+    return {s: self._generate_examples(folder, names)
+            for s, names in splits.items()}
 
   def _generate_examples(self, folder, names):
     cfg = self.builder_config
@@ -509,7 +511,8 @@ def build_dataset(cfg: EegConfig, data_dir: str | None = None
     return name, data_dir
   tmp_parent = pathlib.Path(data_dir) / '.tmp_tokenizers_jax'
   tmp_parent.mkdir(parents=True, exist_ok=True)
-  with skimage_photos._file_lock(tmp_parent / f'{cfg.name}.lock'):  # pylint: disable=protected-access
+  lock = skimage_photos._file_lock  # pylint: disable=protected-access
+  with lock(tmp_parent / f'{cfg.name}.lock'):
     if (final / 'dataset_info.json').exists():
       return name, data_dir
     if not cfg.folder:  # Synthetic EDFs live in data_dir, not the tmp dir.
@@ -547,7 +550,8 @@ def get_source(source: str, split: str, cfg_kwargs: dict[str, Any],
   _, data_dir = build_dataset(cfg, data_dir)
   builder = tfds.builder_from_directory(
       pathlib.Path(data_dir) / DATASET_NAME / cfg.name / VERSION)
-  if split not in builder.info.splits or not builder.info.splits[split].num_examples:
+  splits = builder.info.splits
+  if split not in splits or not splits[split].num_examples:
     raise ValueError(f'{source}: split {split!r} is empty (too few '
                      'recordings for a train/validation split?)')
   return builder.as_data_source(split=split), cfg
@@ -574,7 +578,8 @@ class _EvalWindow(grain.transforms.Map):
   """Window index -> window j of segment i, masked past the valid patches."""
 
   def __init__(self, src, num_patches: int, patch_size: int, per_segment: int):
-    self._src, self._n, self._p, self._k = src, num_patches, patch_size, per_segment
+    self._src, self._n, self._p = src, num_patches, patch_size
+    self._k = per_segment
 
   def map(self, element):
     i, j = divmod(int(element), self._k)
@@ -582,7 +587,8 @@ class _EvalWindow(grain.transforms.Map):
     start = j * self._n
     win = np.asarray(rec['eeg'])[:, start * self._p:(start + self._n) * self._p]
     return {'eeg': np.ascontiguousarray(win, np.float32),
-            'mask': np.arange(start, start + self._n) < int(rec['valid_patches'])}
+            'mask': (np.arange(start, start + self._n)
+                     < int(rec['valid_patches']))}
 
 
 class _Blank(grain.transforms.Map):
@@ -617,8 +623,8 @@ def make_eeg_dataset(source: str = 'synthetic', *, train: bool = True,
     dataset: other `EegConfig` fields (segment_patches, num_recordings, ...).
     process_index, process_count: default jax's.
   """
-  pi, pc, per = images_lib._process_layout(global_batch_size, process_index,  # pylint: disable=protected-access
-                                           process_count)
+  layout = images_lib._process_layout  # pylint: disable=protected-access
+  pi, pc, per = layout(global_batch_size, process_index, process_count)
   src, cfg = get_source(source, 'train' if train else 'validation',
                         dict(dataset or {}, channels=tuple(channels)), data_dir)
   if num_patches < 1 or cfg.segment_patches % num_patches:

@@ -120,10 +120,9 @@ class NeuroRVQ(nnx.Module):
     if x.shape[-1] % self.patch_size:
       raise ValueError(f'{x.shape[-1]} samples is not a whole number of '
                        f'{self.patch_size}-sample patches')
-    if mask is not None and mask.shape != (x.shape[0],
-                                           x.shape[-1] // self.patch_size):
-      raise ValueError(f'mask must be [B, A] = {(x.shape[0], x.shape[-1] // self.patch_size)}'
-                       f'; got {mask.shape}')
+    want = (x.shape[0], x.shape[-1] // self.patch_size)
+    if mask is not None and mask.shape != want:
+      raise ValueError(f'mask must be [B, A] = {want}; got {mask.shape}')
     return x.astype(jnp.float32)
 
   def _quantize(self, z: Array, mask: Array | None, train: bool):

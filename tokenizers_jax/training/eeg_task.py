@@ -120,7 +120,8 @@ def create(config, mesh):
   """(trainer, state on the mesh, state shardings)."""
   validate_config(config)
   model = build_model(config)
-  graph, params, rest = steps_lib._split(model)  # pylint: disable=protected-access
+  split = steps_lib._split  # pylint: disable=protected-access
+  graph, params, rest = split(model)
   trainer = Trainer(config, graph,
                     steps_lib.make_optimizer(config.optim, config.total_steps))
   rules = tuple(tuple(r) for r in config.sharding_rules)
