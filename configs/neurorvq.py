@@ -11,9 +11,10 @@ Variants:
           decoder 3, code dim 128, RVQ 8 x 8192 per branch (32 tokens/patch).
   test    a micro model for tests and smoke runs.
 Modifiers (comma-separated): single_scale (one branch, kernels 21/9, with 4x
-the RVQ levels, so the same tokens per patch), mse (plain MSE(x_hat, x)
-instead of the amplitude/phase/time loss), baseline (= single_scale,mse),
-bf16, steps=N, batch=N.
+the RVQ levels, so the same tokens per patch), mse (a head predicting the
+per-example standardised signal, trained with plain MSE, instead of the
+Fourier heads and the amplitude/phase/time loss), baseline (=
+single_scale,mse), bf16, steps=N, batch=N.
 
   python -m tokenizers_jax.train --config=configs/neurorvq.py:tiny \
       --workdir=/tmp/neurorvq

@@ -68,15 +68,28 @@ def test_loss_matches_numpy():
   valid = np.broadcast_to(mask[:, None, :, None], x.shape)
   np.testing.assert_allclose(np.asarray(x_hat)[valid], want_xhat[valid],
                              rtol=1e-3, atol=1e-3)
-  # Without a mask, every patch counts; 'mse' is MSE(x_hat, x).
-  want_all, _, xh_all = _np_loss(x, pred, np.ones_like(mask))
+  # Without a mask, every patch counts.
+  want_all, _, _ = _np_loss(x, pred, np.ones_like(mask))
   loss_all, _, _ = eeg_losses.eeg_loss(jnp.asarray(x), pred)
   np.testing.assert_allclose(float(loss_all), want_all, rtol=2e-4)
-  mse, _, _ = eeg_losses.eeg_loss(jnp.asarray(x), pred, kind='mse')
-  np.testing.assert_allclose(float(mse), np.mean((xh_all - x) ** 2),
-                             rtol=1e-3)
+  # 'mse': the time head predicts the standardised signal.
+  z_hat = rng.normal(size=x.shape).astype(np.float32)
+  w = mask[:, None, :, None].astype(np.float64)
+  zx, mu, sigma = _np_stdnorm(x.astype(np.float64), w)
+  mse, terms, xh = eeg_losses.eeg_loss(
+      jnp.asarray(x), {'signal': jnp.asarray(z_hat)}, jnp.asarray(mask),
+      kind='mse')
+  wb = np.broadcast_to(w, x.shape)
+  np.testing.assert_allclose(float(mse),
+                             ((z_hat - zx) ** 2 * wb).sum() / wb.sum(),
+                             rtol=2e-4)
+  np.testing.assert_allclose(np.asarray(xh)[valid],
+                             (z_hat * sigma + mu)[valid], rtol=1e-4,
+                             atol=1e-5)
   with pytest.raises(ValueError, match='unknown EEG loss'):
     eeg_losses.eeg_loss(jnp.asarray(x), pred, kind='l1')
+  with pytest.raises(ValueError, match='needs decoder outputs'):
+    eeg_losses.eeg_loss(jnp.asarray(x), pred, kind='mse')
 
 
 @pytest.fixture(scope='module')

@@ -15,7 +15,8 @@ embeddings, a shared transformer and a per-branch LayerNorm-Linear head; the
 branches are concatenated and three heads predict, per patch, the
 standardised log-amplitude of the FFT (Linear-GELU-Linear) and the sine and
 cosine of its phase (Linear-Tanh-Linear-Tanh). `rebuild_signal` inverts:
-x = Re(iFFT(expm1(A*sigma + mu) * (cos + i sin))).
+x = Re(iFFT(expm1(A*sigma + mu) * (cos + i sin))). (`output='time'` instead
+has one Linear-GELU-Linear head for the standardised signal itself.)
 
 Dimension legend:
   B: batch; C: channels; A: patches per window; T = A*P samples
@@ -219,6 +220,9 @@ class EEGFrontEnd(nnx.Module):
     embed_dim: D; a linear map follows the convs when (P/8)*K != D.
     depth, num_heads, decoder_depth, mlp_ratio: transformers.
     code_dim: E.
+    output: 'fourier' (NeuroRVQ's log-amplitude, sin and cos heads) or
+      'time' (one head predicting the per-example standardised signal; the
+      plain-MSE baseline).
   """
 
   modality = 'eeg'
@@ -228,7 +232,11 @@ class EEGFrontEnd(nnx.Module):
                conv_channels: int = 8, embed_dim: int = 200, depth: int = 12,
                num_heads: int = 10, decoder_depth: int = 3,
                mlp_ratio: float = 4.0, code_dim: int = 128,
-               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               output: str = 'fourier', dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    if output not in ('fourier', 'time'):
+      raise ValueError(f"output must be 'fourier' or 'time'; got {output!r}")
+    self.output = output
     if patch_size % 8:
       raise ValueError(f'patch_size {patch_size} must be divisible by 8 '
                        '(the branches pool by 2 then 4)')
@@ -261,12 +269,12 @@ class EEGFrontEnd(nnx.Module):
     self.dec_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
     self.dec_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
                                for _ in range(g)])
-    self.amp_head = nnx.List([_linear(g * d, d, **kw),
-                              _linear(d, patch_size, ('mlp', None), **kw)])
-    self.sin_head = nnx.List([_linear(g * d, d, **kw),
-                              _linear(d, patch_size, ('mlp', None), **kw)])
-    self.cos_head = nnx.List([_linear(g * d, d, **kw),
-                              _linear(d, patch_size, ('mlp', None), **kw)])
+    head = lambda: nnx.List([_linear(g * d, d, **kw),
+                             _linear(d, patch_size, ('mlp', None), **kw)])
+    if output == 'fourier':
+      self.amp_head, self.sin_head, self.cos_head = head(), head(), head()
+    else:
+      self.signal_head = head()
 
   def patchify(self, x: Array) -> Array:
     """[B, C, T] -> [B, C, A, P] (T must be a multiple of P)."""
@@ -309,7 +317,8 @@ class EEGFrontEnd(nnx.Module):
 
   def decode(self, z: Array, channel_ids: Array, mask: Array | None = None,
              train: bool = False) -> dict[str, Array]:
-    """z [B, G, C, A, E] -> dict(amplitude, sin, cos), each [B, C, A, P]."""
+    """z [B, G, C, A, E] -> dict(amplitude, sin, cos) ('fourier' output) or
+    dict(signal) ('time': the standardised signal), each [B, C, A, P]."""
     del train
     g = self.num_branches
     if z.ndim != 5 or z.shape[1] != g or z.shape[-1] != self.code_dim:
@@ -322,7 +331,10 @@ class EEGFrontEnd(nnx.Module):
     h = h.reshape((g, b) + h.shape[1:])
     feats = jnp.concatenate([self.dec_heads[i](self.dec_norms[i](h[i]))
                              for i in range(g)], -1)
-    amp = self.amp_head[1](nnx.gelu(self.amp_head[0](feats), approximate=False))
+    gelu = lambda v: nnx.gelu(v, approximate=False)
+    if self.output == 'time':
+      return dict(signal=self.signal_head[1](gelu(self.signal_head[0](feats))))
+    amp = self.amp_head[1](gelu(self.amp_head[0](feats)))
     sin = jnp.tanh(self.sin_head[1](jnp.tanh(self.sin_head[0](feats))))
     cos = jnp.tanh(self.cos_head[1](jnp.tanh(self.cos_head[0](feats))))
     return dict(amplitude=amp, sin=sin, cos=cos)

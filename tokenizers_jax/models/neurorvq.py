@@ -24,8 +24,8 @@ them uses their running average over training (`amp_stats`).
 
 The loss (`losses/eeg.py`): L_code + L_amp + L_phase + L_signal, with
 L_code = sum over branches of the quantizer loss divided by its number of
-levels (the per-level mean); `loss='mse'` trains the baseline on
-MSE(x_hat, x) + L_code. (The reference RVQ's extra 0.4*MSE(q_i, sg(r_{i+1}))
+levels (the per-level mean); `loss='mse'` trains the baseline: a decoder
+head for the standardised signal, MSE + L_code. (The reference RVQ's extra 0.4*MSE(q_i, sg(r_{i+1}))
 term is not reproduced: its source file is not public.)
 
 Dimension legend:
@@ -89,7 +89,8 @@ class NeuroRVQ(nnx.Module):
         patch_size=patch_size, max_patches=max_patches, branches=branches,
         conv_channels=conv_channels, embed_dim=embed_dim, depth=depth,
         num_heads=num_heads, decoder_depth=decoder_depth, mlp_ratio=mlp_ratio,
-        code_dim=code_dim, dtype=dtype, rngs=rngs)
+        code_dim=code_dim, output='fourier' if loss == 'neurorvq' else 'time',
+        dtype=dtype, rngs=rngs)
     spec = dict(quantizer or NEURORVQ_QUANTIZER)
     name = spec.pop('name')
     spec.pop('dim', None)
@@ -168,8 +169,7 @@ class NeuroRVQ(nnx.Module):
     code = sum(o.loss for o in outs) / self.num_levels
     terms = dict(terms, code=code, loss=loss + code)
     if train:
-      t = fe.fft_features(xp, mask)
-      new = jnp.stack([jnp.mean(t['amp_mean']), jnp.mean(t['amp_std'])])
+      new = jnp.mean(eeg_losses.signal_stats(xp, mask, self.loss_kind), 0)
       d = self.stats_decay
       self.amp_stats[...] = d * self.amp_stats[...] + (
           1 - d) * jax.lax.stop_gradient(new)
@@ -179,14 +179,14 @@ class NeuroRVQ(nnx.Module):
 
   def encode_with_stats(self, x: Array, mask: Array | None = None,
                         channel_ids=None) -> tuple[Array, Array]:
-    """(indices int32 [B, C, A, G, Q], stats [B, 2] = log-amp mean, std)."""
+    """(indices int32 [B, C, A, G, Q], stats [B, 2]): stats are the
+    log-amplitude mean and std ('neurorvq') or the signal's ('mse')."""
     x = self._check(x, mask)
     ids = self._ids(channel_ids, x.shape[1])
     z = self.frontend.encode(x, ids, mask)
     _, outs = self._quantize(z, mask, False)
-    t = fe.fft_features(self.frontend.patchify(x), mask)
-    stats = jnp.stack([t['amp_mean'].reshape(-1), t['amp_std'].reshape(-1)],
-                      -1)
+    stats = eeg_losses.signal_stats(self.frontend.patchify(x), mask,
+                                    self.loss_kind)
     return self._stack_ids(outs), stats
 
   def encode(self, x: Array, mask: Array | None = None,
@@ -218,8 +218,5 @@ class NeuroRVQ(nnx.Module):
     pred = self.frontend.decode(jnp.stack(zs, 1), ids, mask)
     if stats is None:
       stats = jnp.broadcast_to(self.amp_stats[...], (b, 2))
-    mean = stats[:, 0].reshape(b, 1, 1, 1)
-    std = stats[:, 1].reshape(b, 1, 1, 1)
-    x = fe.rebuild_signal(pred['amplitude'], pred['sin'], pred['cos'], mean,
-                          std)
+    x = eeg_losses.rebuild(pred, stats, self.loss_kind)
     return x.reshape(b, c, a * self.patch_size)
