@@ -180,3 +180,34 @@ def test_tfds_build_and_pipelines(built):
                          **dict(kw, num_patches=3))
   with pytest.raises(ValueError, match="'synthetic' or 'folder"):
     eeg.make_eeg_dataset('tuh', global_batch_size=4, **kw)
+
+
+def test_folder_source_and_bad_recordings(tmp_path):
+  """A folder in the layout of public corpora (subject folders of EDF
+  files), with old channel names and one truncated file."""
+  folder = tmp_path / 'corpus'
+  chans = ('Fp1', 'T3', 'O1')  # T3 is the old name of T7.
+  for i in range(3):
+    (folder / f'S{i:03d}').mkdir(parents=True)
+    x = eeg.synthesize_recording(6, seed=5, index=i, channels=(
+        'Fp1', 'T7', 'O1'))
+    eeg.write_edf(folder / f'S{i:03d}' / f'S{i:03d}R01.edf', x, chans, FS,
+                  labels='{}.')
+  bad = folder / 'S002' / 'S002R01.edf'
+  bad.write_bytes(bad.read_bytes()[:-3000])
+  kw = dict(channels=('Fp1', 'T7', 'O1'), num_patches=2,
+            data_dir=str(tmp_path / 'tfds'), process_index=0,
+            process_count=1, global_batch_size=2)
+  with pytest.raises(ValueError, match='S002R01.edf: truncated file'):
+    eeg.make_eeg_dataset(f'folder:{folder}', dataset=dict(
+        segment_patches=2, val_fraction=0.5), **kw)
+  ds = dict(segment_patches=2, val_fraction=0.5, skip_bad_recordings=True)
+  srcs = [eeg.get_source(f'folder:{folder}', s, dict(ds, channels=(
+      'Fp1', 'T7', 'O1')), str(tmp_path / 'tfds'))[0]
+          for s in ('train', 'validation')]
+  names = sorted(r['recording'].decode() for src in srcs
+                 for r in (src[i] for i in range(len(src))))
+  assert names == ['S000/S000R01.edf'] * 3 + ['S001/S001R01.edf'] * 3
+  batch = next(iter(eeg.make_eeg_dataset(f'folder:{folder}', dataset=ds,
+                                         **kw)))
+  assert batch['eeg'].shape == (2, 3, 400)

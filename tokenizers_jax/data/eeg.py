@@ -364,7 +364,10 @@ class EegConfig(tfds.core.BuilderConfig):
   """One build of `eeg_recordings`: a folder (or the synthetic set) + options.
 
   `folder=''` means the embedded synthetic recordings (`num_recordings` of
-  `seconds`, `seed`), written as EDF under data_dir first.
+  `seconds`, `seed`), written as EDF under data_dir first. A recording that
+  cannot be used (missing channels, too low a sampling rate, NaN, truncated)
+  stops the build with its error, or is skipped with a logged warning naming
+  it when `skip_bad_recordings` (large corpora).
   """
   folder: str = ''
   channels: tuple[str, ...] = CHANNELS_1020
@@ -378,6 +381,7 @@ class EegConfig(tfds.core.BuilderConfig):
   num_recordings: int = 16
   seconds: int = 60
   seed: int = 0
+  skip_bad_recordings: bool = False
 
 
 def make_config(folder: str = '', channels: Sequence[str] = CHANNELS_1020,
@@ -485,9 +489,16 @@ class EegRecordings(tfds.core.GeneratorBasedBuilder):
     cfg = self.builder_config
     s, p = cfg.segment_patches, cfg.patch_size
     for name in names:
-      x = read_recording(
-          pathlib.Path(folder) / name, cfg.channels, l_freq=cfg.l_freq,
-          h_freq=cfg.h_freq, notch=cfg.notch, reference=cfg.reference or None)
+      try:
+        x = read_recording(
+            pathlib.Path(folder) / name, cfg.channels, l_freq=cfg.l_freq,
+            h_freq=cfg.h_freq, notch=cfg.notch,
+            reference=cfg.reference or None)
+      except ValueError as e:
+        if not cfg.skip_bad_recordings:
+          raise
+        logging.warning('Skipping recording %s: %s', name, e)
+        continue
       patches, cut = to_patches(x, p)
       if cut:
         logging.info('%s: last %d samples (< 1 patch) not stored', name, cut)
