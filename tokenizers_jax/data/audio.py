@@ -20,7 +20,11 @@ Sources (records {'audio': [N] or [N, C] samples, 'sample_rate': Hz, 'id'}):
                     soundfile; split by a hash of the relative name.
   any other name    a prepared TFDS dataset (e.g. 'librispeech'; `audio_key`
                     names its audio feature, 'speech' for librispeech), read
-                    with `tfds.data_source`; nothing is downloaded.
+                    with `tfds.data_source`; nothing is downloaded. (TFDS
+                    datasets whose audio is a `tfds.features.Audio`, as
+                    librispeech's, need TensorFlow installed: tfds 4.9
+                    builds that feature with TF dtypes. The embedded corpus
+                    stores a plain int16 Tensor and needs no TF.)
 
 Every record is checked (`load_waveform`): mono (multi-channel files are an
 error unless `channels='mean'`), finite, not silent, not empty, and at a
@@ -237,7 +241,8 @@ class TfdsAudioSource:
     except (KeyError, ValueError) as e:
       raise ValueError(f'TFDS dataset {name!r} has no split {split!r} (has '
                        f'{list(builder.info.splits)}): {e}') from e
-    self._name, self._split, self._key, self._rate = name, split, audio_key, rate
+    self._name, self._split = name, split
+    self._key, self._rate = audio_key, rate
 
   def __len__(self) -> int:
     return len(self._ds)

@@ -88,7 +88,10 @@ def stft(x: Array, n_fft: int, hop: int, *, center: bool = True,
 
 
 def overlap_add(frames: Array, hop: int) -> Array:
-  """Sums frames [..., T, L] placed every `hop` samples -> [..., (T-1)*hop+L]."""
+  """Sums frames [..., T, L] placed every `hop` samples.
+
+  Returns [..., (T - 1) * hop + L].
+  """
   t, length = frames.shape[-2], frames.shape[-1]
   lead = frames.shape[:-2]
   total = (t - 1) * hop + length
@@ -160,7 +163,7 @@ def istft(spec: Array, n_fft: int, hop: int, *, padding: str = 'center',
 
 def magnitude(x: Array, n_fft: int, hop: int, *, eps: float = 0.0,
               pad_mode: str = 'reflect') -> Array:
-  """|STFT| [..., T, F] (sqrt(re² + im² + eps) when eps > 0, for gradients)."""
+  """|STFT| [..., T, F]; sqrt(re² + im² + eps) when eps > 0 (gradients)."""
   s = stft(x, n_fft, hop, pad_mode=pad_mode)
   if eps:
     return jnp.sqrt(jnp.real(s) ** 2 + jnp.imag(s) ** 2 + eps)

@@ -12,7 +12,8 @@ State (the conventions of `tasks.py`; `disc` is the MPD + MRD discriminator):
 Train step (WavTokenizer / Vocos recipe): one generator update on
   mel_weight · multi-scale log-mel L1 + quantizer_weight · quantizer loss
   [+ stft_weight · multi-resolution STFT loss]
-  + gate · (disc_weight · mean_d g_loss(D_d(x̂)) + fm_weight · feature matching)
+  + gate · (disc_weight · mean_d g_loss(D_d(x̂)) + fm_weight · FM)
+(FM: feature matching)
 then one discriminator update on mean_d d_loss(D_d(x), D_d(sg(x̂))) (hinge or
 least squares from `losses/adversarial.py`). gate = step >= disc_start
 (`adversarial.disc_start_gate`); with disc_start >= total_steps the
