@@ -237,7 +237,8 @@ def main() -> None:
     if name not in MODELS:
       raise ValueError(f'unknown model {name!r}; known: {list(MODELS)}')
     wd = os.path.join(args.workdir, name)
-    secs = None if args.eval_only else train(MODELS[name], wd, args.steps)
+    secs = (results.get(name, {}).get('train_seconds') if args.eval_only
+            else train(MODELS[name], wd, args.steps))
     results[name] = eval_prefixes(wd, inception)
     results[name]['train_seconds'] = secs
     print(name, json.dumps(results[name], indent=1), flush=True)
