@@ -18,15 +18,17 @@ of cosine-similarity, EMA, k-means-initialised codebooks, each level
 l2-normalising its residual, commitment weight beta = 1). So a patch of one
 channel gets G*Q tokens (4 x 8 = 32 in the paper).
 
-Reconstruction needs the per-example log-amplitude mean and std of the input
-(`stats`, 2 floats per example, NeuroRVQ uses the input's); `decode` without
-them uses their running average over training (`amp_stats`).
+Reconstruction needs two floats per example besides the tokens (`stats`): the
+input's log-amplitude mean and std, which NeuroRVQ's iFFT rebuild uses (or
+the signal's mean and std for the 'mse' baseline); `decode` without them uses
+their running average over training (`amp_stats`).
 
 The loss (`losses/eeg.py`): L_code + L_amp + L_phase + L_signal, with
 L_code = sum over branches of the quantizer loss divided by its number of
 levels (the per-level mean); `loss='mse'` trains the baseline: a decoder
-head for the standardised signal, MSE + L_code. (The reference RVQ's extra 0.4*MSE(q_i, sg(r_{i+1}))
-term is not reproduced: its source file is not public.)
+head for the standardised signal, MSE + L_code. Not reproduced: the extra
+0.4 * MSE(q_i, sg(r_{i+1})) term of the reference RVQ code (its source was
+not available to check which tensors carry gradients there).
 
 Dimension legend:
   B: batch; C: channels; T = A*P samples; A: patches; P: patch size
@@ -55,7 +57,8 @@ NEURORVQ_QUANTIZER = dict(name='rvq', num_quantizers=8, codebook_size=8192,
 
 
 class AmpStats(nnx.BatchStat):
-  """Running mean of the per-example log-amplitude mean and std."""
+  """Running mean of the per-example reconstruction stats (log-amplitude
+  mean and std for 'neurorvq', signal mean and std for 'mse')."""
 
 
 class NeuroRVQ(nnx.Module):
