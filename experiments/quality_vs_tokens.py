@@ -189,8 +189,6 @@ def plot(results: dict, path: str) -> None:
         for r in rows:
           ax.annotate(str(r['k']), (r['bits'], r['psnr']), fontsize=6,
                       xytext=(2, 2), textcoords='offset points')
-    rows = max((results[n][split] for n in MODELS if n in results),
-               key=len, default=[])
     ref = sorted({(r['bits'], r['bicubic_bits_psnr']) for n in ALL
                   if n in results for r in results[n][split]})
     ax.plot([b for b, _ in ref], [p for _, p in ref], ':', color='gray',
@@ -201,7 +199,6 @@ def plot(results: dict, path: str) -> None:
                  else 'training photos (fixed crops)')
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    del rows
   axes[0].set_ylabel('PSNR (dB)')
   fig.suptitle('1D tokenizers: reconstruction vs number of tokens (32² '
                'photos)')
