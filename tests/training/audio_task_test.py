@@ -96,3 +96,26 @@ def test_variants_build():
     q = c.quantizer
     levels = q.get('num_quantizers', 1)
     assert levels * math.log2(q.codebook_size) == bits, arg
+
+
+def test_tokenizer_from_workdir(run):
+  """Tokenizer.from_workdir on an audio run: decode(encode(x)) equals the
+  model's own eval-mode reconstruction; images are refused by name."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.models import Tokenizer  # pylint: disable=g-import-not-at-top
+  _, workdir, _, _ = run
+  tok = Tokenizer.from_workdir(workdir)
+  assert tok.modality == 'audio'
+  hop = math.prod(tok.config.model.frontend.strides)
+  t = np.arange(20 * hop) / tok.config.data.sample_rate
+  x = np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in (220.0, 330.0)])
+  ids = tok.encode(x.astype(np.float32))
+  assert ids.shape[:2] == (2, 20)
+  want, _ = tok.model(jnp.asarray(x, jnp.float32), train=False)
+  np.testing.assert_allclose(np.asarray(tok.decode(ids)),
+                             np.clip(np.asarray(want), -1, 1), atol=1e-5)
+  with pytest.raises(ValueError, match=r'waveforms \[B, N\]'):
+    tok.encode(np.zeros((1, 16, 16, 3), np.float32))
+  with pytest.raises(ValueError, match='NaN'):
+    tok.encode(np.full((1, 20 * hop), np.nan, np.float32))

@@ -126,3 +126,22 @@ def test_tiny_model_learns(tmp_path):
   assert res[0] > res[1] > res[2], res
   assert final['eval/pearson'] > 0.3
   assert min(final[f'eval/usage/branch{g}/level0'] for g in range(4)) > 0.1
+
+
+def test_tokenizer_from_workdir(trained):
+  """Tokenizer.from_workdir on an EEG run: decode(ids, stats) from
+  encode_with_stats equals the model's eval-mode reconstruction."""
+  from tokenizers_jax.models import Tokenizer  # pylint: disable=g-import-not-at-top
+  config, workdir, _ = trained
+  tok = Tokenizer.from_workdir(workdir)
+  assert tok.modality == 'eeg'
+  c = len(config.data.channels)
+  n = config.data.num_patches * config.model.patch_size
+  x = 3.0 * np.random.default_rng(0).normal(size=(2, c, n)).astype(np.float32)
+  ids, stats = tok.encode_with_stats(x)
+  assert ids.shape[:3] == (2, c, config.data.num_patches)
+  want = tok.model(x, train=False)[0]
+  got = np.asarray(tok.decode(ids, stats))
+  np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match=r'EEG \[B, C, N\]'):
+    tok.encode(x[0])
