@@ -53,7 +53,6 @@ from tokenizers_jax.losses import spectral
 from tokenizers_jax.models.audio_codec import AudioCodec
 from tokenizers_jax.models.audio_discriminators import AudioDiscriminator
 from tokenizers_jax.quantizers import functional as qf
-from tokenizers_jax.quantizers import registry as qregistry
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import tasks
 
@@ -93,12 +92,7 @@ def validate_config(config) -> None:
                    for k, v in _plain(config.model.frontend).items()})
   except (TypeError, ValueError) as e:
     raise config_lib.ConfigError(f'config.model.frontend: {e}') from None
-  q = dict(config.quantizer)
-  req('name' in q, 'quantizer.name', 'missing')
-  try:
-    qregistry.get_quantizer_class(q['name'])
-  except ValueError as e:
-    raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
+  tasks.check_quantizer_name(config)
   sr = config.data.sample_rate
   req(4000 <= sr <= 48000, 'data.sample_rate', f'{sr} Hz is not 4-48 kHz')
   hop = hop_of(config)
@@ -107,18 +101,7 @@ def validate_config(config) -> None:
   for n_fft, _ in config.loss.mel_scales:
     req(n_fft // 2 < crop_length(config), 'loss.mel_scales',
         f'n_fft {n_fft} needs crops longer than {n_fft // 2} samples')
-  b = config.data.global_batch_size
-  req(b > 0, 'data.global_batch_size', 'must be positive')
-  n_dev = jax.device_count()
-  known = math.prod(s for s in config.mesh.shape if s != -1)
-  req(n_dev % known == 0, 'mesh.shape',
-      f'{tuple(config.mesh.shape)} does not fit {n_dev} devices')
-  data_par = math.prod(s if s != -1 else n_dev // known
-                       for s in tuple(config.mesh.shape)[:2])
-  for key in ('global_batch_size', 'eval_batch_size'):
-    req(config.data[key] % data_par == 0, f'data.{key}',
-        f'{config.data[key]} is not divisible by the data-parallel size '
-        f'{data_par}')
+  tasks.check_batch_fits_mesh(config, ('global_batch_size', 'eval_batch_size'))
   req(config.loss.gan_loss in adversarial.D_LOSSES, 'loss.gan_loss',
       f'must be one of {sorted(adversarial.D_LOSSES)}')
   req(_opt(config.loss, 'g_loss') in (None,) + tuple(adversarial.G_LOSSES),

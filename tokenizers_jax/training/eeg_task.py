@@ -34,7 +34,6 @@ from tokenizers_jax.data import eeg as eeg_data
 from tokenizers_jax.evaluators import eeg as eeg_metrics
 from tokenizers_jax.losses import eeg as eeg_losses
 from tokenizers_jax.models.neurorvq import NeuroRVQ
-from tokenizers_jax.quantizers import registry as qregistry
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import tasks
 from tokenizers_jax.training.train import batch_sharding
@@ -68,26 +67,8 @@ def validate_config(config) -> None:
   req(len(m.branches) >= 1, 'model.branches', 'need at least one branch')
   req(m.loss in eeg_losses.LOSSES, 'model.loss',
       f'must be one of {eeg_losses.LOSSES}')
-  q = dict(config.quantizer)
-  req('name' in q, 'quantizer.name', 'missing')
-  try:
-    qregistry.get_quantizer_class(q['name'])
-  except ValueError as e:
-    raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
-  b = d.global_batch_size
-  n_dev, known = jax.device_count(), 1
-  for s in config.mesh.shape:
-    known *= s if s != -1 else 1
-  req(n_dev % known == 0, 'mesh.shape',
-      f'{tuple(config.mesh.shape)} does not fit {n_dev} devices')
-  data_par = 1
-  for s in list(config.mesh.shape)[:2]:
-    data_par *= n_dev // known if s == -1 else s
-  for key, size in (('global_batch_size', b),
-                    ('eval_batch_size', d.eval_batch_size)):
-    req(size > 0 and size % data_par == 0 and size % jax.process_count() == 0,
-        f'data.{key}', f'{size} is not a positive multiple of the '
-        f'data-parallel size {data_par} and the process count')
+  tasks.check_quantizer_name(config)
+  tasks.check_batch_fits_mesh(config, ('global_batch_size', 'eval_batch_size'))
   req(0.0 <= config.ema_decay < 1.0, 'ema_decay', 'must be in [0, 1)')
   req(config.total_steps > 0, 'total_steps', 'must be positive')
 

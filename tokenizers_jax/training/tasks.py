@@ -34,7 +34,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any, Callable
+
+import jax
 
 from tokenizers_jax import config_lib
 
@@ -74,3 +77,42 @@ def get_task(config_or_name) -> Task:
         f'config.task: unknown task {name!r}; known: {sorted(_TASKS)}')
   module, attr = _TASKS[name].split(':')
   return getattr(importlib.import_module(module), attr)
+
+
+# -----------------------------------------------------------------------------
+# Config checks every task makes (before anything is compiled).
+# -----------------------------------------------------------------------------
+
+
+def check_quantizer_name(config) -> None:
+  """config.quantizer.name names a registered quantizer."""
+  from tokenizers_jax.quantizers import registry  # pylint: disable=g-import-not-at-top
+  q = dict(config.quantizer)
+  config_lib.require('name' in q, 'quantizer.name', 'missing')
+  try:
+    registry.get_quantizer_class(q['name'])
+  except ValueError as e:
+    raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
+
+
+def check_batch_fits_mesh(config, keys=('global_batch_size',)) -> None:
+  """The mesh fits the devices; each config.data[key] batch is positive and
+  divisible by the data-parallel size (the 'data' and 'fsdp' axes) and by
+  the number of processes."""
+  req = config_lib.require
+  n_dev = jax.device_count()
+  shape = tuple(config.mesh.shape)
+  known = math.prod(s for s in shape if s != -1)
+  req(n_dev % known == 0, 'mesh.shape',
+      f'{shape} does not fit {n_dev} devices')
+  sizes = [n_dev // known if s == -1 else s for s in shape]
+  data_par = math.prod(s for a, s in zip(config.mesh.axes, sizes)
+                       if a in ('data', 'fsdp'))
+  for key in keys:
+    b = config.data[key]
+    req(b > 0, f'data.{key}', 'must be positive')
+    req(b % data_par == 0, f'data.{key}',
+        f'{b} is not divisible by the data-parallel size {data_par}')
+    req(b % jax.process_count() == 0, f'data.{key}',
+        f'{b} is not divisible by the number of processes '
+        f'{jax.process_count()}')
