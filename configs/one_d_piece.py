@@ -10,7 +10,10 @@ Variants:
   tiny   32², patch 4, 32 tokens, width 128, 2 + 2 layers, 4096 codes x 12.
   s256   One-D-Piece-S-256: TiTok-S with 256 tokens (paper scale).
   test   a micro model for tests and smoke runs.
-Modifiers: bf16, steps=N, batch=N, teacher=WORKDIR (proxy-code stage 1).
+Modifiers: bf16, steps=N, batch=N, teacher=WORKDIR (proxy-code stage 1),
+teacher=WORKDIR,stage2=STAGE1_WORKDIR (stage 2: decoder + teacher pixel
+decoder fine-tuned on pixels, encoder side frozen; configs/titok.py). The
+tail drop stays active in stage 2, as in One-D-Piece.
 
   python -m tokenizers_jax.train --config=configs/one_d_piece.py:tiny \
       --workdir=/tmp/one_d_piece
@@ -27,12 +30,13 @@ _TITOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'titok.py')
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, variant='tiny', bf16=False, steps=0,
-                              batch=0, teacher='')
+                              batch=0, teacher='', stage2='')
   base = {'s256': 's128'}.get(args.variant, args.variant)
   if base not in ('tiny', 'test', 's128'):
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, '
                      's256')
   extra = f',teacher={args.teacher}' if args.teacher else ''
+  extra += f',stage2={args.stage2}' if args.stage2 else ''
   c = config_lib.load_config_file(f'{_TITOK}:{base}{extra}')
   c.model_name = 'one_d_piece'
   c.model.tail_drop = 'batch'

@@ -9,15 +9,25 @@ Variants:
          8 heads, 128 tokens, 4096 codes x 12; for TPU/GPU users (prepared
          TFDS imagenet2012).
   test   a micro model for tests and smoke runs (16², patch 4, 8 tokens).
-Modifiers: bf16, steps=N, batch=N, and teacher=WORKDIR: two-stage training's
-stage 1 ("proxy codes"): the decoder predicts, per patch, the code of a
-trained VQ-GAN of this project (its workdir; its token grid must equal the
-patch grid, i.e. patch_size = the VQ-GAN's downsampling factor) with a
-cross-entropy; no pixel or GAN loss.
+Modifiers: bf16, steps=N, batch=N, and TiTok's two-stage training:
+  teacher=WORKDIR  stage 1 ("proxy codes"): the decoder predicts, per patch,
+         the code of a trained VQ-GAN of this project (its workdir; its token
+         grid must equal the patch grid, i.e. patch_size = the VQ-GAN's
+         downsampling factor) with a cross-entropy; no pixel or GAN loss.
+  teacher=WORKDIR,stage2=STAGE1_WORKDIR  stage 2: starts from the stage-1
+         run's weights (`init_from`), freezes TiTok's encoder, latent tokens
+         and quantizer (`optim.frozen`), and fine-tunes the decoder with the
+         teacher's pixel decoder (softmax(logits) mixes the teacher's codes;
+         models/titok.py) on L2 (+ LPIPS when its weights are given) + GAN.
+         s128 follows TiTok's stage 2 (GAN 0.01 from 20k, LeCam 0.001,
+         lr 1e-4, 500k steps); tiny/test keep their GAN and lower the lr.
 
   python -m tokenizers_jax.train --config=configs/titok.py:tiny --workdir=/tmp/titok
   python -m tokenizers_jax.train --config=configs/titok.py:tiny,teacher=/tmp/vqgan \
-      --workdir=/tmp/titok_proxy
+      --workdir=/tmp/titok_s1
+  python -m tokenizers_jax.train \
+      --config=configs/titok.py:tiny,teacher=/tmp/vqgan,stage2=/tmp/titok_s1 \
+      --workdir=/tmp/titok_s2
 """
 
 import ml_collections
@@ -27,7 +37,7 @@ from tokenizers_jax import config_lib
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   args = config_lib.parse_arg(arg, variant='tiny', bf16=False, steps=0,
-                              batch=0, teacher='')
+                              batch=0, teacher='', stage2='')
   c = config_lib.image_base_config()
   c.model_name = 'titok'
   c.model = dict(
@@ -37,7 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tail_drop=ml_collections.FieldReference(None, field_type=str),
       # A VQ-GAN workdir: stage-1 proxy-code training.
       proxy_teacher=ml_collections.FieldReference(None, field_type=str),
-      proxy_weight=1.0)
+      proxy_weight=1.0,
+      # Stage 2: frozen encoder/quantizer, trainable teacher pixel decoder.
+      finetune_decoder=False)
   c.quantizer = ml_collections.ConfigDict(
       dict(name='vq', codebook_size=256, codebook_dim=8, use_cosine_sim=True,
            kmeans_init=True, commitment_weight=0.25,
@@ -70,9 +82,20 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   else:
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, '
                      's128')
-  if args.teacher:
+  if args.stage2:
+    if not args.teacher:
+      raise ValueError('stage2=WORKDIR (the stage-1 run) needs '
+                       'teacher=WORKDIR (the VQ-GAN of stage 1)')
+    use_decoder_finetuning(c, args.teacher, args.stage2, args.variant)
+  elif args.teacher:
     use_proxy_codes(c, args.teacher)
   return config_lib.apply_modifiers(c, args)
+
+
+# TiTok's encoder side (TiTok.ENCODER_PARAMS in models/titok.py), frozen in
+# stage 2.
+ENCODER_PARAMS = ('patch_embed', 'patch_pos', 'latent_tokens', 'latent_pos',
+                  'encoder', 'to_code', 'quantizer')
 
 
 def use_proxy_codes(c: ml_collections.ConfigDict,
@@ -85,4 +108,27 @@ def use_proxy_codes(c: ml_collections.ConfigDict,
   c.loss.adaptive_weight = False
   c.loss.disc_start = 10 ** 9
   c.eval.pfid_perturb = None
+  return c
+
+
+def use_decoder_finetuning(c: ml_collections.ConfigDict, teacher: str,
+                           stage1: str,
+                           variant: str) -> ml_collections.ConfigDict:
+  """Stage 2 of TiTok's two-stage recipe: from the stage-1 weights, train the
+  decoder and the teacher's pixel decoder on pixels; encoder side frozen."""
+  c.model.proxy_teacher = teacher
+  c.model.finetune_decoder = True
+  c.init_from = stage1
+  c.optim.frozen = ENCODER_PARAMS
+  c.loss.recon = 'l2'
+  c.loss.recon_weight = 1.0
+  if variant == 's128':  # TiTok stage 2 (the perceptual term stays LPIPS).
+    c.loss.disc_weight = 0.01
+    c.loss.adaptive_weight = False
+    c.loss.disc_start = 20_000
+    c.loss.lecam_weight = 0.001
+    c.optim.update(lr=1e-4, warmup_steps=5_000)
+    c.total_steps = 500_000
+  else:  # Fine-tuning a trained pixel decoder: a gentler lr.
+    c.optim.lr = 3e-4
   return c

@@ -126,12 +126,18 @@ def image_base_config() -> ml_collections.ConfigDict:
       pfid_perturb=dict(alpha=0.1, beta=1.0, delta=8),
   )
   c.disc = dict(ndf=16, n_layers=2, norm='batch')
+  # frozen: parameter path prefixes ('encoder', 'quantizer/codebook') whose
+  # updates are zero.
   c.optim = dict(lr=2e-3, b1=0.5, b2=0.9, warmup_steps=100, schedule='cosine',
-                 end_lr_factor=0.1, grad_clip=1.0, weight_decay=0.0)
+                 end_lr_factor=0.1, grad_clip=1.0, weight_decay=0.0,
+                 frozen=())
   c.disc_optim = dict(lr=2e-3, b1=0.5, b2=0.9, warmup_steps=0,
                       schedule='constant', end_lr_factor=1.0, grad_clip=1.0,
                       weight_decay=0.0)
   c.ema_decay = 0.99
+  # A training workdir: a fresh run starts from its latest checkpoint's
+  # generator weights (EMA if kept) wherever path and shape match.
+  c.init_from = ml_collections.FieldReference(None, field_type=str)
   c.mesh = dict(shape=(-1, 1, 1), axes=('data', 'fsdp', 'model'))
   c.sharding_rules = (
       ('batch', ('data', 'fsdp')),

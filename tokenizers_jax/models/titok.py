@@ -22,11 +22,27 @@ truncated sequence (tested). `decode(ids)` accepts any length 1..K and
 truncates for real.
 
 Two-stage proxy-code training (`proxy_teacher` = a VQ-GAN module or a
-training workdir of this project): the frozen teacher's codes on the H/P x W/P
-grid are the targets of a cross-entropy on the decoder logits (TiTok stage 1,
-returned in the train-mode extra losses as `proxy_ce`); reconstructions are
-the teacher decoder's rendering of the argmax codes. The teacher's weights are
-converted to `teachers.Frozen` variables, so the optimizer never sees them.
+training workdir of this project):
+
+  stage 1: the frozen teacher's codes on the H/P x W/P grid are the targets of
+    a cross-entropy on the decoder logits (returned in the train-mode extra
+    losses as `proxy_ce`); reconstructions are the teacher decoder's rendering
+    of the argmax codes. The teacher's weights are converted to
+    `teachers.Frozen` variables, so the optimizer never sees them.
+  stage 2 (`finetune_decoder=True`, as TiTok's `finetune_decoder`): TiTok's
+    encoder and quantizer run frozen (eval mode, gradients stopped, quantizer
+    loss 0; the training config also zeroes their updates with
+    `optim.frozen`), and the decoder is fine-tuned together with the
+    teacher's pixel decoder on pixel losses. The logits feed the pixel
+    decoder differentiably, as TiTok does: the code probabilities
+    softmax(logits) [B, N, V] mix the teacher's code vectors
+    (`teacher.quantizer.decode(0..V-1)`, [V, Et]) into a soft latent grid
+    [B, H/P, W/P, Et] that `teacher.decode_latents` renders; this path is
+    used in training, evaluation and `decode`. The teacher's decode path
+    (codebook, post-quant conv, decoder) stays `nnx.Param`, trainable and
+    initialised from the teacher; its encoder side stays `Frozen`. Stage 2
+    starts from the stage-1 run's weights via the training config's
+    `init_from` (see training/steps.py).
 
 Interface (the image task's): `__call__(x, train, *, step, rng,
 quantizer_hook)` -> (x_hat, QuantizerOutput) in eval mode and
@@ -37,7 +53,7 @@ Dimension legend:
   B: batch; H, W: image size; P: patch size; N = (H/P)(W/P) patch tokens
   K: latent tokens (`num_tokens`); k, L: tokens kept / given (1..K)
   D: transformer width; E: quantizer dimension (`embed_dim`)
-  V: teacher codebook size (proxy mode)
+  V: teacher codebook size (proxy mode); Et: the teacher's latent dimension
 """
 
 from __future__ import annotations
@@ -79,15 +95,39 @@ def freeze_params(module: nnx.Module) -> nnx.Module:
   return module
 
 
-def load_teacher(spec) -> nnx.Module:
-  """A frozen proxy-code teacher from a module or a training workdir path."""
+# The teacher's encoder side: frozen in stage 2 too (its decode path trains).
+_TEACHER_ENCODER_SIDE = ('frontend.encoder', 'quant_conv', 'pre_quant_norm',
+                         'quantizer.project_in')
+
+
+def load_teacher(spec, trainable_decoder: bool = False) -> nnx.Module:
+  """A proxy-code teacher from a module or a training workdir path.
+
+  All its weights become `Frozen`, or with `trainable_decoder` (stage 2) only
+  those of its encoder side; the decode path (`quantizer` codes, then
+  `decode_latents`) keeps `nnx.Param`s.
+  """
   if isinstance(spec, str):
     from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
     spec = Tokenizer.from_workdir(spec).model
   if not isinstance(spec, nnx.Module) or not hasattr(spec, 'encode'):
     raise TypeError('proxy_teacher must be a tokenizer module with encode/'
                     f'decode or a workdir path; got {type(spec).__name__}')
-  return freeze_params(spec)
+  if not trainable_decoder:
+    return freeze_params(spec)
+  missing = [a for a in ('decode_latents', 'quantizer', 'frontend',
+                         'quant_conv') if not hasattr(spec, a)]
+  if missing:
+    raise TypeError('finetune_decoder needs a VQ-GAN-like teacher (quantizer,'
+                    ' frontend, quant_conv, decode_latents); '
+                    f'{type(spec).__name__} lacks {missing}')
+  for dotted in _TEACHER_ENCODER_SIDE:
+    sub = spec
+    for name in dotted.split('.'):
+      sub = getattr(sub, name, None)
+    if sub is not None:
+      freeze_params(sub)
+  return spec
 
 
 def sample_num_kept(key: Array, batch: int, num_tokens: int,
@@ -117,7 +157,14 @@ class TiTok(nnx.Module):
     proxy_teacher: None (pixel head) or a VQ-GAN module / workdir path whose
       codes on the patch grid are the stage-1 targets.
     proxy_weight: weight of the proxy cross-entropy.
+    finetune_decoder: stage 2 (needs `proxy_teacher`): frozen encoder and
+      quantizer; the soft codes feed the trainable teacher pixel decoder.
   """
+
+  # The parameters that `encode` uses (path prefixes): the ones stage 2
+  # freezes (configs/titok.py's `optim.frozen` lists the same names).
+  ENCODER_PARAMS = ('patch_embed', 'patch_pos', 'latent_tokens', 'latent_pos',
+                    'encoder', 'to_code', 'quantizer')
 
   one_dimensional = True
 
@@ -127,6 +174,7 @@ class TiTok(nnx.Module):
                mlp_ratio: float = 4.0, embed_dim: int = 8,
                quantizer: dict[str, Any], tail_drop: str | None = None,
                proxy_teacher=None, proxy_weight: float = 1.0,
+               finetune_decoder: bool = False,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size {image_size} is not divisible by '
@@ -135,6 +183,9 @@ class TiTok(nnx.Module):
       raise ValueError(f'num_tokens must be >= 1; got {num_tokens}')
     if tail_drop not in TAIL_DROP:
       raise ValueError(f'unknown tail_drop {tail_drop!r}; known: {TAIL_DROP}')
+    if finetune_decoder and proxy_teacher is None:
+      raise ValueError('finetune_decoder (stage 2) needs a proxy_teacher whose'
+                       ' pixel decoder renders the predicted codes')
     kw = dict(dtype=dtype, rngs=rngs)
     self.image_size = image_size
     self.patch_size = patch_size
@@ -144,6 +195,7 @@ class TiTok(nnx.Module):
     self.num_patches = n
     self.tail_drop = tail_drop
     self.proxy_weight = proxy_weight
+    self.finetune_decoder = finetune_decoder
     pdim = patch_size * patch_size * 3
     self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
     self.patch_pos = vit.learned_pos(n, width, rngs)
@@ -168,7 +220,7 @@ class TiTok(nnx.Module):
                                    **kw)
     teacher = None
     if proxy_teacher is not None:
-      teacher = load_teacher(proxy_teacher)
+      teacher = load_teacher(proxy_teacher, finetune_decoder)
       shape = teacher.token_shape((1, image_size, image_size, 3))
       if tuple(shape[1:]) != (self.grid, self.grid):
         raise ValueError(
@@ -187,7 +239,15 @@ class TiTok(nnx.Module):
 
   @property
   def last_layer(self):
+    if self.finetune_decoder:
+      return self.teacher.last_layer  # the pixel decoder's output conv
     return self.head.kernel
+
+  @property
+  def init_from_new_params(self) -> tuple[str, ...]:
+    """Param path prefixes that `config.init_from` may lack: in stage 2 the
+    teacher's pixel decoder, initialised from the teacher's own weights."""
+    return ('teacher',) if self.finetune_decoder else ()
 
   def token_shape(self, image_shape) -> tuple[int, ...]:
     return (image_shape[0], self.num_tokens)
@@ -234,13 +294,26 @@ class TiTok(nnx.Module):
     h = self.decoder(jnp.concatenate([masks, lat], axis=1), mask)
     return h[:, :self.num_patches]
 
-  def _render(self, feats: Array) -> tuple[Array, Array | None]:
+  def soft_codes(self, logits: Array) -> Array:
+    """Stage 2: logits [B, N, V] -> the teacher latent grid [B, h, w, Et]
+    mixing the teacher's code vectors with weights softmax(logits)."""
+    v = self.teacher.codebook_size
+    codes = self.teacher.quantizer.decode(jnp.arange(v, dtype=jnp.int32))
+    probs = jax.nn.softmax(logits, axis=-1)
+    zq = jnp.einsum('bnv,ve->bne', probs, codes.astype(jnp.float32))
+    return zq.reshape(zq.shape[0], self.grid, self.grid, zq.shape[-1])
+
+  def _render(self, feats: Array,
+              train: bool = False) -> tuple[Array, Array | None]:
     """Mask-token features -> (images, proxy logits or None)."""
     out = self.head(feats)
     if self.teacher is None:
       s = self.image_size
       return vit.unpatchify(out, self.patch_size, s, s), None
     logits = out.astype(jnp.float32)
+    if self.finetune_decoder:
+      zq = self.soft_codes(logits).astype(feats.dtype)
+      return self.teacher.decode_latents(zq, train=train), logits
     codes = jnp.argmax(logits, -1).reshape(-1, self.grid, self.grid)
     x_hat = jax.lax.stop_gradient(self.teacher.decode(codes))
     return x_hat, logits
@@ -250,8 +323,14 @@ class TiTok(nnx.Module):
   def __call__(self, x: Array, train: bool = False, *, step=None, rng=None,
                quantizer_hook=None):
     del step
-    z = self.encode_latents(x)
-    out = self.quantizer(z, train=train)
+    if self.finetune_decoder:
+      # Stage 2: encoder and quantizer frozen (eval mode, no gradient).
+      out = self.quantizer(jax.lax.stop_gradient(self.encode_latents(x)),
+                           train=False)
+      out = out.replace(quantized=jax.lax.stop_gradient(out.quantized),
+                        loss=jnp.zeros((), jnp.float32))
+    else:
+      out = self.quantizer(self.encode_latents(x), train=train)
     zq = out.quantized
     if quantizer_hook is not None:
       zq = quantizer_hook(self.quantizer, out)
@@ -261,11 +340,11 @@ class TiTok(nnx.Module):
                                  self.num_tokens, self.tail_drop)
       out = out.replace(metrics=dict(
           out.metrics, tokens_kept=jnp.mean(num_kept.astype(jnp.float32))))
-    x_hat, logits = self._render(self.decode_features(zq, num_kept))
+    x_hat, logits = self._render(self.decode_features(zq, num_kept), train)
     if not train:
       return x_hat, out
     extra = {}
-    if logits is not None:
+    if logits is not None and not self.finetune_decoder:
       targets = jax.lax.stop_gradient(self.teacher.encode(x))
       targets = targets.reshape(x.shape[0], -1)
       ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(

@@ -35,7 +35,7 @@ from tokenizers_jax.losses import adversarial
 from tokenizers_jax.models.discriminator import NLayerDiscriminator
 from tokenizers_jax.models.vqgan import VQGAN
 from tokenizers_jax.quantizers import perturbation as perturb_lib
-from tokenizers_jax.quantizers import registry as qregistry
+from tokenizers_jax.training import tasks
 
 Array = jax.Array
 
@@ -48,12 +48,8 @@ Array = jax.Array
 def _validate_quantizer(config) -> None:
   req = config_lib.require
   req(config.model.embed_dim > 0, 'model.embed_dim', 'must be positive')
+  tasks.check_quantizer_name(config)
   q = dict(config.quantizer)
-  req('name' in q, 'quantizer.name', 'missing')
-  try:
-    qregistry.get_quantizer_class(q['name'])
-  except ValueError as e:
-    raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
   if 'dim' in q:
     req(q['dim'] == config.model.embed_dim, 'quantizer.dim',
         f'{q["dim"]} does not match model.embed_dim={config.model.embed_dim}'
@@ -85,22 +81,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
           f'{r} is not a feature-map size of a {size}px image')
   if config.model_name != 'fqgan':  # FQGAN's sub-codebooks live in config.model.
     _validate_quantizer(config)
-  b = config.data.global_batch_size
-  req(b > 0, 'data.global_batch_size', 'must be positive')
-  n_dev = jax.device_count()
-  mesh_shape = list(config.mesh.shape)
-  known = 1
-  for s in mesh_shape:
-    known *= s if s != -1 else 1
-  req(n_dev % known == 0, 'mesh.shape',
-      f'{tuple(mesh_shape)} does not fit {n_dev} devices')
-  data_par = n_dev // known if -1 in mesh_shape[:2] else 1
-  for s in mesh_shape[:2]:
-    data_par *= s if s != -1 else 1
-  req(b % data_par == 0, 'data.global_batch_size',
-      f'{b} is not divisible by the data-parallel size {data_par}')
-  req(b % jax.process_count() == 0, 'data.global_batch_size',
-      f'{b} is not divisible by the number of processes {jax.process_count()}')
+  tasks.check_batch_fits_mesh(config)
   req(config.loss.recon in ('l1', 'l2'), 'loss.recon', "must be 'l1' or 'l2'")
   req(config.loss.gan_loss in ('hinge', 'vanilla', 'least_squares'),
       'loss.gan_loss', 'must be hinge, vanilla or least_squares')
@@ -237,7 +218,118 @@ def make_optimizer(opt_cfg, total_steps: int) -> optax.GradientTransformation:
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip))
   parts.append(optax.adamw(sched, b1=opt_cfg.b1, b2=opt_cfg.b2,
                            weight_decay=opt_cfg.weight_decay))
-  return optax.chain(*parts)
+  tx = optax.chain(*parts)
+  frozen = tuple(_opt(opt_cfg, 'frozen', ()) or ())
+  if not frozen:
+    return tx
+  # `optim.frozen`: parameters under these path prefixes get zero updates (no
+  # weight decay, no optimizer state); clipping sees the trainable ones only.
+  return optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()},
+                               lambda params: _frozen_labels(params, frozen))
+
+
+def _path_str(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path)
+
+
+def _under(path: str, prefixes) -> bool:
+  return any(path == p or path.startswith(p.rstrip('/') + '/')
+             for p in prefixes)
+
+
+def _frozen_labels(params, frozen: tuple[str, ...]):
+  """'frozen' / 'train' per leaf; every prefix must name some parameter."""
+  paths = [_path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  unused = [f for f in frozen if not any(_under(p, (f,)) for p in paths)]
+  if unused:
+    tops = sorted({p.split('/')[0] for p in paths})
+    raise config_lib.ConfigError(
+        f'config.optim.frozen: {unused} match no parameter path (prefixes '
+        f'such as {tops}, nested with "/")')
+  return jax.tree_util.tree_map_with_path(
+      lambda p, _: 'frozen' if _under(_path_str(p), frozen) else 'train',
+      params)
+
+
+def read_generator(workdir: str):
+  """The latest checkpoint of a training `workdir` as host arrays: (params,
+  rest, step, used_ema); params are the EMA when the run kept one. Reads
+  orbax's array metadata and restores numpy arrays (nothing is unpickled)."""
+  import os  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckdir = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(ckdir):
+    raise FileNotFoundError(f'config.init_from: no checkpoints under {ckdir}')
+  mgr = ocp.CheckpointManager(
+      ckdir, item_handlers={'state': ocp.StandardCheckpointHandler()})
+  try:
+    step = mgr.latest_step()
+    if step is None:
+      raise FileNotFoundError(f'config.init_from: no checkpoint in {ckdir}')
+    meta = mgr.item_metadata(step)['state']
+    meta = getattr(meta, 'tree', meta)
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
+                          meta)
+    state = mgr.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+  finally:
+    mgr.close()
+  ema = state.get('ema') or {}
+  used_ema = bool(jax.tree.leaves(ema))
+  params = ema if used_ema else state['gen']['params']
+  return params, state['gen'].get('rest') or {}, step, used_ema
+
+
+def init_from_workdir(workdir: str, params: dict, rest: dict,
+                      new_prefixes: tuple[str, ...] = ()):
+  """`params`/`rest` (pure dicts of a new model) with every leaf whose path
+  and shape match the latest checkpoint of `workdir` replaced by its value.
+
+  A parameter is looked up among the checkpoint's parameters (EMA when kept),
+  then its non-parameter variables (so a weight that was `Frozen` there and
+  trainable here is initialised from it). A parameter that is missing or has
+  another shape is an error unless it lies under `new_prefixes` (the
+  model's `init_from_new_params`); other variables load when path, shape and
+  dtype match. Checkpoint parameters the model lacks are logged.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  src_params, src_rest, step, used_ema = read_generator(workdir)
+  flat = lambda t: {_path_str(p): v
+                    for p, v in jax.tree_util.tree_leaves_with_path(t)}
+  sp, sr = flat(src_params), flat(src_rest)
+  problems, used = [], set()
+
+  def take_param(path, leaf):
+    p = _path_str(path)
+    src = sp.get(p, sr.get(p))
+    if src is not None and tuple(src.shape) == tuple(leaf.shape):
+      used.add(p)
+      return np.asarray(src).astype(leaf.dtype)
+    if not _under(p, new_prefixes):
+      problems.append(f'{p}: ' + ('not in the checkpoint' if src is None else
+                                  f'shape {tuple(src.shape)} in the '
+                                  f'checkpoint, {tuple(leaf.shape)} here'))
+    return leaf
+
+  def take_rest(path, leaf):
+    src = sr.get(_path_str(path))
+    if (src is not None and tuple(src.shape) == tuple(leaf.shape)
+        and str(src.dtype) == str(leaf.dtype)):
+      return np.asarray(src)
+    return leaf
+
+  params = jax.tree_util.tree_map_with_path(take_param, params)
+  if problems:
+    raise ValueError(
+        f'config.init_from={workdir} (step {step}): {len(problems)} '
+        'parameter(s) cannot be initialised from it:\n  '
+        + '\n  '.join(problems))
+  rest = jax.tree_util.tree_map_with_path(take_rest, rest)
+  unused = sorted(set(sp) - used)
+  logging.info('init_from %s step %d (%s): %d parameters loaded%s', workdir,
+               step, 'EMA' if used_ema else 'raw', len(used),
+               f'; unused checkpoint parameters: {unused}' if unused else '')
+  return params, rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -286,6 +378,9 @@ def create(config, mesh) -> tuple[Trainer, dict, dict]:
     lpips = LPIPS.from_files(config.loss.lpips_vgg_path, config.loss.lpips_lin_path)
   last_path = _path_of(gen, gen.last_layer)
   gen_graph, gp, gr = _split(gen)
+  if _opt(config, 'init_from'):
+    gp, gr = init_from_workdir(config.init_from, gp, gr,
+                               tuple(getattr(gen, 'init_from_new_params', ())))
   disc_graph, dp, dr = _split(disc)
   trainer = Trainer(config, gen_graph, disc_graph,
                     make_optimizer(config.optim, config.total_steps),
