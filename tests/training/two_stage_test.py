@@ -80,6 +80,7 @@ def runs(tmp_path_factory):
   s1 = _save_run(c1, s1_dir, edit)
   c2 = _titok_config(f'test,teacher={teacher_dir},stage2={s1_dir}')
   c2.optim.update(lr=1e-3, warmup_steps=0)
+  c2.loss.adaptive_weight = False  # a smaller program to compile
   mesh = train_lib.make_mesh(c2)
   with jax.set_mesh(mesh):
     trainer, state, shardings = steps_lib.create(c2, mesh)
@@ -194,3 +195,31 @@ def test_config_errors():
                 encoder_depth=1, decoder_depth=1, num_heads=2, embed_dim=4,
                 quantizer=dict(name='vq', codebook_size=4),
                 finetune_decoder=True, rngs=nnx.Rngs(0))
+
+
+def test_soft_codes_feed_the_teacher_decoder(runs):
+  """Stage 2's render: softmax(logits) mixes the teacher's code vectors
+  (numpy reference on the table decode(0..V-1)); with near one-hot logits it
+  equals the teacher decoding the argmax codes (stage 1's hard path)."""
+  trainer, state = runs['trainer'], jax.device_get(runs['state'])
+  gen = trainer.merge_gen(state['gen']['params'], state['gen']['rest'])
+  graph, st = nnx.split(gen)
+  v, n = gen.teacher.codebook_size, gen.num_patches
+  ids = jax.random.randint(jax.random.PRNGKey(1), (2, n), 0, v)
+  logits = jax.random.normal(jax.random.PRNGKey(2), (2, n, v))
+
+  @jax.jit
+  def run(st, logits, ids):
+    m = nnx.merge(graph, st)
+    table = m.teacher.quantizer.decode(jnp.arange(v))
+    sharp = m.teacher.decode_latents(m.soft_codes(
+        60.0 * jax.nn.one_hot(ids, v)))
+    hard = m.teacher.decode(ids.reshape(2, m.grid, m.grid))
+    return m.soft_codes(logits), table, sharp, hard
+
+  soft, table, sharp, hard = map(np.asarray, run(st, logits, ids))
+  lg = np.asarray(logits, np.float64)
+  p = np.exp(lg - lg.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  np.testing.assert_allclose(soft.reshape(2, n, -1), p @ table, atol=1e-5)
+  np.testing.assert_allclose(sharp, hard, atol=1e-4)
