@@ -223,3 +223,22 @@ def test_soft_codes_feed_the_teacher_decoder(runs):
   p /= p.sum(-1, keepdims=True)
   np.testing.assert_allclose(soft.reshape(2, n, -1), p @ table, atol=1e-5)
   np.testing.assert_allclose(sharp, hard, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_stage2_run_trains_and_reloads(runs, tmp_path):
+  """`configs/titok.py:test,teacher=..,stage2=..` through
+  `train_and_evaluate`, then reloaded from its workdir (config.json round
+  trip of `init_from` / `optim.frozen`): the encoder's tokens equal the
+  stage-1 model's (EMA weights), decoding works."""
+  c = _titok_config(f'test,teacher={runs["teacher_dir"]},'
+                    f'stage2={runs["s1_dir"]}')
+  final = train_lib.train_and_evaluate(c, str(tmp_path), stop_after=2)
+  assert final['step'] == 2 and np.isfinite(final['eval/psnr'])
+  from tokenizers_jax.models.tokenizer import Tokenizer  # pylint: disable=g-import-not-at-top
+  tok2 = Tokenizer.from_workdir(str(tmp_path))
+  tok1 = Tokenizer.from_workdir(runs['s1_dir'])
+  assert tuple(tok2.config.optim.frozen) == titok.TiTok.ENCODER_PARAMS
+  x = np.random.default_rng(0).uniform(-1, 1, (4, 16, 16, 3))
+  np.testing.assert_array_equal(tok2.encode(x), tok1.encode(x))
+  assert tok2.decode(tok2.encode(x)).shape == (4, 16, 16, 3)
