@@ -272,8 +272,8 @@ def _step(trainer, state: dict, batch: dict, *, gan: bool):
       disc_update(None) if gan else disc_skip(None))
 
   decay = cfg.ema_decay
-  new_ema = (jax.tree.map(lambda e, p: e * decay + p * (1 - decay),
-                          state['ema'], new_gen_params) if decay > 0 else {})
+  new_ema = (tasks.ema_update(state['ema'], new_gen_params, decay) if decay > 0
+             else {})
   g_norm = steps_lib._global_norm(grads)  # pylint: disable=protected-access
   ok = (jnp.all(jnp.isfinite(x)) & jnp.isfinite(total) & jnp.isfinite(d_loss)
         & jnp.isfinite(g_norm) & jnp.isfinite(d_norm))

@@ -141,8 +141,8 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
   updates, new_opt = trainer.gen_tx.update(grads, state['gen_opt'], fwd)
   new_params = optax.apply_updates(fwd, updates)
   decay = trainer.config.ema_decay
-  new_ema = (jax.tree.map(lambda e, p: e * decay + p * (1 - decay),
-                          state['ema'], new_params) if decay > 0 else {})
+  new_ema = (tasks.ema_update(state['ema'], new_params, decay) if decay > 0
+             else {})
   gnorm = optax.tree.norm(grads)
   ok = jnp.all(jnp.isfinite(x)) & jnp.isfinite(loss) & jnp.isfinite(gnorm)
   proposed = dict(state, step=state['step'] + 1,

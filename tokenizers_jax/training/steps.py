@@ -35,6 +35,7 @@ from tokenizers_jax.losses import adversarial
 from tokenizers_jax.models.discriminator import NLayerDiscriminator
 from tokenizers_jax.models.vqgan import VQGAN
 from tokenizers_jax.quantizers import perturbation as perturb_lib
+from tokenizers_jax.training import checkpoint as ckpt_lib
 from tokenizers_jax.training import tasks
 
 Array = jax.Array
@@ -251,35 +252,6 @@ def _frozen_labels(params, frozen: tuple[str, ...]):
       params)
 
 
-def read_generator(workdir: str):
-  """The latest checkpoint of a training `workdir` as host arrays: (params,
-  rest, step, used_ema); params are the EMA when the run kept one. Reads
-  orbax's array metadata and restores numpy arrays (nothing is unpickled)."""
-  import os  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckdir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(ckdir):
-    raise FileNotFoundError(f'config.init_from: no checkpoints under {ckdir}')
-  mgr = ocp.CheckpointManager(
-      ckdir, item_handlers={'state': ocp.StandardCheckpointHandler()})
-  try:
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'config.init_from: no checkpoint in {ckdir}')
-    meta = mgr.item_metadata(step)['state']
-    meta = getattr(meta, 'tree', meta)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          meta)
-    state = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
-  finally:
-    mgr.close()
-  ema = state.get('ema') or {}
-  used_ema = bool(jax.tree.leaves(ema))
-  params = ema if used_ema else state['gen']['params']
-  return params, state['gen'].get('rest') or {}, step, used_ema
-
-
 def init_from_workdir(workdir: str, params: dict, rest: dict,
                       new_prefixes: tuple[str, ...] = ()):
   """`params`/`rest` (pure dicts of a new model) with every leaf whose path
@@ -293,7 +265,7 @@ def init_from_workdir(workdir: str, params: dict, rest: dict,
   dtype match. Checkpoint parameters the model lacks are logged.
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
-  src_params, src_rest, step, used_ema = read_generator(workdir)
+  src_params, src_rest, step, used_ema = ckpt_lib.read_generator(workdir)
   flat = lambda t: {_path_str(p): v
                     for p, v in jax.tree_util.tree_leaves_with_path(t)}
   sp, sr = flat(src_params), flat(src_rest)
@@ -541,8 +513,7 @@ def train_step(trainer: Trainer, state: dict, batch: dict):
 
   decay = cfg.ema_decay
   if decay > 0:
-    new_ema = jax.tree.map(lambda e, p: e * decay + p * (1 - decay),
-                           state['ema'], new_gen_params)
+    new_ema = tasks.ema_update(state['ema'], new_gen_params, decay)
   else:
     new_ema = {}
 

@@ -116,3 +116,12 @@ def check_batch_fits_mesh(config, keys=('global_batch_size',)) -> None:
     req(b % jax.process_count() == 0, f'data.{key}',
         f'{b} is not divisible by the number of processes '
         f'{jax.process_count()}')
+
+
+def ema_update(ema, params, decay: float):
+  """EMA of parameter trees, e + (1 - decay)(p - e): the usual average,
+  written so that a parameter equal to its EMA (a frozen one) keeps it
+  exactly."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(
+      lambda e, p: e + jnp.asarray(1 - decay, e.dtype) * (p - e), ema, params)
