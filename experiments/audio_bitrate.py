@@ -59,9 +59,14 @@ def run_one(name: str) -> dict:
   phase1 = config.copy_and_resolve_references()
   phase1.loss.disc_start = FLAGS.steps
   before = train_lib.train_and_evaluate(phase1, workdir, stop_after=gan_start)
+  if 'eval/pesq' not in before:  # Already trained (a re-run): evaluate it.
+    before = train_lib.evaluate_workdir(workdir)
   # Phase 2: resumes at gan_start with the discriminators on.
-  config.loss.disc_start = gan_start
-  after = train_lib.train_and_evaluate(config, workdir)
+  if FLAGS.gan_steps > 0:
+    config.loss.disc_start = gan_start
+    after = train_lib.train_and_evaluate(config, workdir)
+  else:
+    after = before
   return {'name': name, 'before_gan': before, 'final': after,
           'minutes': (time.time() - t0) / 60}
 
