@@ -98,6 +98,7 @@ def test_variants_build():
     assert levels * math.log2(q.codebook_size) == bits, arg
 
 
+@pytest.mark.slow  # CI time budget; the EEG and image runs test the same path.
 def test_tokenizer_from_workdir(run):
   """Tokenizer.from_workdir on an audio run: decode(encode(x)) equals the
   model's own eval-mode reconstruction; images are refused by name."""

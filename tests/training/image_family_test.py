@@ -41,9 +41,10 @@ def one_step(config, seed=0):
 
 
 @pytest.mark.parametrize('name', [
-    'lfq',
-    # WeTok and FQGAN are built and trained in-process by the model tests;
-    # their command-line runs are out of the default run (CI time budget).
+    # The three are built and trained in-process by the model and train-step
+    # tests; their command-line runs are out of the default run (CI time
+    # budget; the command line itself is tested with configs/vqgan.py).
+    pytest.param('lfq', marks=pytest.mark.slow),
     pytest.param('wetok', marks=pytest.mark.slow),
     pytest.param('fqgan', marks=pytest.mark.slow)])
 def test_config_trains_and_evaluates(name, tmp_path):

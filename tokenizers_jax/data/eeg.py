@@ -47,8 +47,6 @@ import dataclasses
 import hashlib
 import os
 import pathlib
-import shutil
-import tempfile
 from typing import Any, Sequence
 
 from absl import logging
@@ -518,32 +516,17 @@ def build_dataset(cfg: EegConfig, data_dir: str | None = None
   data_dir = skimage_photos.default_data_dir(data_dir)
   name = f'{DATASET_NAME}/{cfg.name}'
   final = pathlib.Path(data_dir) / DATASET_NAME / cfg.name / VERSION
-  if (final / 'dataset_info.json').exists():
-    return name, data_dir
-  tmp_parent = pathlib.Path(data_dir) / '.tmp_tokenizers_jax'
-  tmp_parent.mkdir(parents=True, exist_ok=True)
-  lock = skimage_photos._file_lock  # pylint: disable=protected-access
-  with lock(tmp_parent / f'{cfg.name}.lock'):
-    if (final / 'dataset_info.json').exists():
-      return name, data_dir
-    if not cfg.folder:  # Synthetic EDFs live in data_dir, not the tmp dir.
-      cfg = dataclasses.replace(cfg, folder=str(synthetic_folder(data_dir,
-                                                                 cfg)))
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix='build_', dir=tmp_parent))
-    try:
-      builder = EegRecordings(config=cfg, data_dir=str(tmp),
-                              file_format='array_record')
-      builder.download_and_prepare(
-          download_dir=str(tmp / 'downloads'),
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      final.parent.mkdir(parents=True, exist_ok=True)
-      try:
-        os.rename(tmp / DATASET_NAME / cfg.name / VERSION, final)
-      except OSError:
-        if not (final / 'dataset_info.json').exists():
-          raise
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
+
+  def make_builder(tmp):
+    c = cfg
+    if not c.folder:  # Synthetic EDFs live in data_dir, not the tmp dir.
+      c = dataclasses.replace(c, folder=str(synthetic_folder(data_dir, c)))
+    return EegRecordings(config=c, data_dir=str(tmp),
+                         file_format='array_record')
+
+  skimage_photos.build_once(
+      data_dir, cfg.name, final, make_builder,
+      lambda tmp: tmp / DATASET_NAME / cfg.name / VERSION)
   return name, data_dir
 
 

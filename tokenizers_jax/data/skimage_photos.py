@@ -316,6 +316,44 @@ def _file_lock(path: pathlib.Path):
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def build_once(data_dir: str, lock_name: str, final: pathlib.Path,
+               make_builder, built_dir, is_built=None) -> None:
+  """Builds a TFDS dataset into `final` once, atomically and race-free.
+
+  Under a file lock, `make_builder(tmp)` gives a TFDS builder writing into a
+  fresh temporary directory under `data_dir`; its output `built_dir(tmp)` is
+  then renamed to `final` (the dataset version directory; it is built when it
+  holds `dataset_info.json`). Processes that wait for the lock find the
+  dataset built; an interrupted build leaves only the temporary directory.
+  `is_built()` defaults to checking `final`.
+  """
+  if is_built is None:
+    is_built = lambda: (final / 'dataset_info.json').exists()
+
+  if is_built():
+    return
+  tmp_parent = pathlib.Path(data_dir) / '.tmp_tokenizers_jax'
+  tmp_parent.mkdir(parents=True, exist_ok=True)
+  with _file_lock(tmp_parent / f'{lock_name}.lock'):
+    if is_built():  # Built while we waited for the lock.
+      return
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix='build_', dir=tmp_parent))
+    try:
+      builder = make_builder(tmp)
+      builder.download_and_prepare(
+          download_dir=str(tmp / 'downloads'),
+          download_config=tfds.download.DownloadConfig(
+              try_download_gcs=False))
+      final.parent.mkdir(parents=True, exist_ok=True)
+      try:
+        os.rename(built_dir(tmp), final)
+      except OSError:
+        if not is_built():  # Lost no race: a real error.
+          raise
+    finally:
+      shutil.rmtree(tmp, ignore_errors=True)
+
+
 def build_skimage_photos(
     data_dir: str | os.PathLike | None = None,
     image_size: int = 64,
@@ -343,28 +381,10 @@ def build_skimage_photos(
   """
   data_dir = default_data_dir(data_dir)
   config = make_config(image_size, train_crops, val_crops, seed)
-  if is_built(data_dir, config):
-    return data_dir
-  tmp_parent = pathlib.Path(data_dir) / '.tmp_tokenizers_jax'
-  tmp_parent.mkdir(parents=True, exist_ok=True)
-  with _file_lock(tmp_parent / f'{DATASET_NAME}_{config.name}.lock'):
-    if is_built(data_dir, config):  # Built while we waited for the lock.
-      return data_dir
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix='build_', dir=tmp_parent))
-    try:
-      builder = SkimagePhotos(config=config, data_dir=str(tmp),
-                              file_format='array_record')
-      builder.download_and_prepare(
-          download_dir=str(tmp / 'downloads'),
-          download_config=tfds.download.DownloadConfig(
-              try_download_gcs=False))
-      final = dataset_dir(data_dir, config)
-      final.parent.mkdir(parents=True, exist_ok=True)
-      try:
-        os.rename(dataset_dir(str(tmp), config), final)
-      except OSError:
-        if not is_built(data_dir, config):  # Lost no race: a real error.
-          raise
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
+  build_once(
+      data_dir, f'{DATASET_NAME}_{config.name}', dataset_dir(data_dir, config),
+      lambda tmp: SkimagePhotos(config=config, data_dir=str(tmp),
+                                file_format='array_record'),
+      lambda tmp: dataset_dir(str(tmp), config),
+      lambda: is_built(data_dir, config))
   return data_dir

@@ -34,8 +34,6 @@ import ctypes
 import dataclasses
 import os
 import pathlib
-import shutil
-import tempfile
 import threading
 
 from etils import epath
@@ -449,29 +447,9 @@ def build_espeak_speech(data_dir: str | os.PathLike | None = None,
   """
   data_dir = skimage_photos.default_data_dir(data_dir)
   config = make_config(sample_rate, num_sentences, seed)
-  if is_built(data_dir, config):
-    return data_dir
-  tmp_parent = pathlib.Path(data_dir) / '.tmp_tokenizers_jax'
-  tmp_parent.mkdir(parents=True, exist_ok=True)
-  with skimage_photos._file_lock(  # pylint: disable=protected-access
-      tmp_parent / f'{DATASET_NAME}_{config.name}.lock'):
-    if is_built(data_dir, config):
-      return data_dir
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix='build_', dir=tmp_parent))
-    try:
-      builder = EspeakSpeech(config=config, data_dir=str(tmp),
-                             file_format='array_record')
-      builder.download_and_prepare(
-          download_dir=str(tmp / 'downloads'),
-          download_config=tfds.download.DownloadConfig(
-              try_download_gcs=False))
-      final = dataset_dir(data_dir, config)
-      final.parent.mkdir(parents=True, exist_ok=True)
-      try:
-        os.rename(dataset_dir(str(tmp), config), final)
-      except OSError:
-        if not is_built(data_dir, config):
-          raise
-    finally:
-      shutil.rmtree(tmp, ignore_errors=True)
+  skimage_photos.build_once(
+      data_dir, f'{DATASET_NAME}_{config.name}', dataset_dir(data_dir, config),
+      lambda tmp: EspeakSpeech(config=config, data_dir=str(tmp),
+                               file_format='array_record'),
+      lambda tmp: dataset_dir(str(tmp), config))
   return data_dir
