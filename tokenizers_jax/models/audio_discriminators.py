@@ -91,13 +91,19 @@ class PeriodDiscriminator(nnx.Module):
     if pad:
       x = jnp.pad(x, ((0, 0), (0, pad)), mode='reflect')
     h = x.reshape(b, -1, self.period, 1).astype(self.dtype)
-    feats = []
-    for conv in self.convs:
-      h = _leaky(conv(h))
-      feats.append(h)
-    h = self.post(h)
+    return _conv_stack(self.convs, self.post, h)
+
+
+def _conv_stack(convs, post, h: Array) -> tuple[Array, list[Array]]:
+  """Leaky-ReLU conv layers then the output conv: (logits, every layer's
+  output as feature maps for the feature-matching loss)."""
+  feats = []
+  for conv in convs:
+    h = _leaky(conv(h))
     feats.append(h)
-    return h, feats
+  h = post(h)
+  feats.append(h)
+  return h, feats
 
 
 class ResolutionDiscriminator(nnx.Module):
@@ -120,13 +126,7 @@ class ResolutionDiscriminator(nnx.Module):
     mag = spectral.magnitude(x.astype(jnp.float32), self.n_fft, self.hop,
                              eps=1e-9)
     h = mag[..., None].astype(self.dtype)
-    feats = []
-    for conv in self.convs:
-      h = _leaky(conv(h))
-      feats.append(h)
-    h = self.post(h)
-    feats.append(h)
-    return h, feats
+    return _conv_stack(self.convs, self.post, h)
 
 
 class AudioDiscriminator(nnx.Module):
