@@ -69,6 +69,18 @@ class NearestCodeTest(parameterized.TestCase):
       np.testing.assert_array_equal(idx, dense[lo:hi])
       np.testing.assert_array_equal(mins, dense_min[lo:hi])
 
+  def test_block_argmin_equals_argmin_on_heavy_ties(self):
+    # Small-integer scores: most rows have their minimum several times, in
+    # several 128-code blocks and inside one block; +inf as padded codes.
+    rng = np.random.default_rng(2)
+    scores = rng.integers(0, 4, size=(64, 512)).astype(np.float32)
+    scores[:, 384:] = np.inf
+    scores[5] = np.inf         # a row with nothing but padding
+    scores[6, 200] = -1.0      # a unique minimum in the second block
+    idx, best = F._block_argmin(jnp.asarray(scores))  # pylint: disable=protected-access
+    np.testing.assert_array_equal(idx, np.argmin(scores, axis=-1))
+    np.testing.assert_array_equal(best, np.min(scores, axis=-1))
+
   def test_bf16_inputs_accumulate_in_fp32(self):
     rng = np.random.default_rng(1)
     z = jnp.asarray(rng.normal(size=(64, 32)), jnp.bfloat16)
