@@ -11,8 +11,9 @@ step is the quantizer's own loss plus a dummy downstream loss
     statistics), threaded from one step to the next;
   * VQP: `loss.backward()` on the same loss, `torch.set_num_threads(2)`.
 
-Timings are medians over `--runs` steps after a warm-up (compilation), ours and
-VQP's steps interleaved so both see the same machine load.
+Timings are medians over `--runs` steps after a warm-up (compilation), taken
+in 5 alternating blocks (ours, VQP, ours, ...) so both see the same machine
+load; within a block each library's steps run back to back.
 
 Memory:
   * XLA: `compile().memory_analysis()`, temp + argument + output bytes of the
@@ -50,6 +51,7 @@ from typing import Callable
 import numpy as np
 
 BATCH = 16
+RUN_BLOCKS = 5  # timing alternates between the libraries in this many blocks
 FSQ_LEVELS = (8, 8, 8, 5, 5, 5)
 
 
@@ -219,13 +221,17 @@ def vqp_step_fn(module, case: Case, x_np: np.ndarray, w_np: np.ndarray):
 # -----------------------------------------------------------------------------
 
 
-def _median_time(fn: Callable[[], object], runs: int) -> float:
+def _step_times(fn: Callable[[], object], runs: int) -> list[float]:
   times = []
   for _ in range(runs):
     t0 = time.perf_counter()
     fn()
     times.append(time.perf_counter() - t0)
-  return float(np.median(times))
+  return times
+
+
+def _median_time(fn: Callable[[], object], runs: int) -> float:
+  return float(np.median(_step_times(fn, runs)))
 
 
 def machine_rates(runs: int = 5) -> dict[str, float]:
@@ -396,14 +402,17 @@ def run_case(case: Case, runs: int, rates: dict[str, float],
   for _ in range(2):
     ours_step()
     peer_step()
+  # Alternating blocks of runs: each library runs back to back within a block
+  # (as in training, where one step follows another), and the blocks alternate
+  # so that both see the same machine load over time. Single steps interleaved
+  # one by one would time each library right after the other's worker threads
+  # (torch's OpenMP pool spin-waits after a parallel region), which slowed our
+  # step by 20-40 % on 2 cores.
   t_ours, t_peer = [], []
-  for _ in range(runs):
-    t0 = time.perf_counter()
-    ours_step()
-    t_ours.append(time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    peer_step()
-    t_peer.append(time.perf_counter() - t0)
+  per_block = max(runs // RUN_BLOCKS, 1)
+  for _ in range(RUN_BLOCKS):
+    t_ours += _step_times(ours_step, per_block)
+    t_peer += _step_times(peer_step, per_block)
   roof, basis = roofline(case, rates)
   row = {
       'case': case.title,

@@ -99,10 +99,18 @@ class BadInputTest(parameterized.TestCase):
     def f(x, state):
       return nnx.merge(graphdef, state)(x).indices
 
+    # Outside `traced_checks` a traced quantizer carries no check, so jitted
+    # callers keep JAX's fast dispatch path (no effects in the jaxpr).
+    # (A separate function: JAX caches traces, and the flag is read when
+    # tracing.)
+    unchecked = lambda x, state: f(x, state)
+    self.assertEqual(
+        jax.make_jaxpr(unchecked)(jnp.ones((2, 16)), state).effects, set())
     checked = checkify.checkify(jax.jit(f), errors=checkify.user_checks)
-    err, _ = checked(jnp.ones((2, 16)), state)
-    err.throw()  # No error for finite input.
-    err, _ = checked(jnp.ones((2, 16)).at[0, 0].set(jnp.inf), state)
+    with Q.traced_checks():
+      err, _ = checked(jnp.ones((2, 16)), state)
+      err.throw()  # No error for finite input.
+      err, _ = checked(jnp.ones((2, 16)).at[0, 0].set(jnp.inf), state)
     with self.assertRaisesRegex(checkify.JaxRuntimeError, 'NaN or Inf'):
       err.throw()
 

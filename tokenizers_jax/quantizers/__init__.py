@@ -5,7 +5,7 @@ Pure math lives in `tokenizers_jax.quantizers.functional` (no Flax import).
 """
 
 from tokenizers_jax.quantizers import functional
-from tokenizers_jax.quantizers.base import Quantizer, QuantizerOutput, QuantizerState
+from tokenizers_jax.quantizers.base import Quantizer, QuantizerOutput, QuantizerState, traced_checks
 from tokenizers_jax.quantizers.fq import FactorizedVQ
 from tokenizers_jax.quantizers.fsq import FSQ
 from tokenizers_jax.quantizers.lfq import LFQ
@@ -27,4 +27,5 @@ __all__ = [
     'Quantizer', 'QuantizerOutput', 'QuantizerState', 'ResidualVQ',
     'ResidualVectorQuantizer', 'VectorQuantizer',
     'functional', 'get_quantizer_class', 'make_quantizer', 'perturbation',
+    'traced_checks',
 ]

@@ -13,7 +13,9 @@ Dimension legend:
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+import contextvars
+from typing import Any, Iterator
 
 import flax
 from flax import nnx
@@ -53,13 +55,46 @@ def is_traced(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
+# Checks on traced values are opt-in: `checkify.debug_check` gives the traced
+# function an effect, and a jitted function with an effect cannot use JAX's C++
+# dispatch path (every call then goes through Python: +1.4 ms per call for an
+# 8-level RVQ step on a 2-core CPU).
+_TRACED_CHECKS = contextvars.ContextVar('tokenizers_jax_traced_checks',
+                                        default=False)
+
+
+@contextlib.contextmanager
+def traced_checks(enabled: bool = True) -> Iterator[None]:
+  """Check inputs and indices under tracing as well (with `checkify`).
+
+  Inside this context, quantizers traced by `jax.jit` (or any transformation)
+  emit `checkify.debug_check`s for NaN/Inf inputs and out-of-range indices,
+  which raise when the caller wraps the function with
+  `checkify.checkify(..., errors=checkify.user_checks)`. The flag is read at
+  trace time and JAX caches traces: make the first call (or `make_jaxpr`) of
+  the function inside the context. Eager calls are always checked on the host.
+  """
+  token = _TRACED_CHECKS.set(enabled)
+  try:
+    yield
+  finally:
+    _TRACED_CHECKS.reset(token)
+
+
+def _check(ok: Array, message: str, error: type[Exception]) -> None:
+  """Raise `error(message)` now if ok is False (eager), else a traced check."""
+  if not is_traced(ok):
+    if not bool(ok):
+      raise error(message)
+  elif _TRACED_CHECKS.get():
+    checkify.debug_check(ok, message)
+
+
 def check_input(x: Array, dim: int, name: str) -> None:
   """Static shape/dtype checks plus a NaN/Inf check.
 
-  The NaN/Inf check is a host-side check when called eagerly, and a
-  `checkify.debug_check` under tracing (active when the caller wraps the
-  function with `checkify.checkify(..., errors=checkify.user_checks)`; a no-op
-  otherwise, with no host sync).
+  The NaN/Inf check runs on the host when called eagerly; under tracing it is
+  a `checkify.debug_check` inside `traced_checks()` and nothing otherwise.
   """
   if not hasattr(x, 'shape') or x.ndim < 1:
     raise ValueError(f'{name}: expected an array of shape (..., {dim}); got {x!r}')
@@ -69,12 +104,10 @@ def check_input(x: Array, dim: int, name: str) -> None:
         f' (last dimension {x.shape[-1]} != dim={dim})')
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f'{name}: expected a floating-point input; got dtype {x.dtype}')
-  finite = jnp.all(jnp.isfinite(x))
-  if not is_traced(x):
-    if not bool(finite):
-      raise ValueError(f'{name}: input contains NaN or Inf')
-  else:
-    checkify.debug_check(finite, f'{name}: input contains NaN or Inf')
+  if is_traced(x) and not _TRACED_CHECKS.get():
+    return
+  _check(jnp.all(jnp.isfinite(x)), f'{name}: input contains NaN or Inf',
+         ValueError)
 
 
 def check_mask(mask: Array | None, shape: tuple[int, ...], name: str) -> None:
@@ -91,14 +124,14 @@ def check_indices(indices: Array, codebook_size: int, name: str,
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f'{name}.decode: indices must be integers; got {indices.dtype}')
   lo = -1 if allow_dropped else 0
+  if is_traced(indices) and not _TRACED_CHECKS.get():
+    return
   ok = jnp.all((indices >= lo) & (indices < codebook_size))
   msg = (f'{name}.decode: index out of range [{lo}, {codebook_size})')
-  if not is_traced(indices):
-    if not bool(ok):
-      bad = jnp.asarray(indices)
-      raise ValueError(f'{msg}: found min {int(bad.min())}, max {int(bad.max())}')
-  else:
-    checkify.debug_check(ok, msg)
+  if not is_traced(indices) and not bool(ok):
+    bad = jnp.asarray(indices)
+    raise ValueError(f'{msg}: found min {int(bad.min())}, max {int(bad.max())}')
+  _check(ok, msg, ValueError)
 
 
 def flatten_tokens(x: Array, mask: Array | None):

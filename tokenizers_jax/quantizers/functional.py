@@ -106,10 +106,14 @@ def code_scores(
   if codebook_sqnorm is None:
     cf = codebook.astype(jnp.float32)
     codebook_sqnorm = jnp.sum(cf * cf, axis=-1)
+  # -2 scales z, not the [N, K] product: a power-of-two scale commutes with
+  # rounding, so the scores are bitwise those of ||c||² - 2·(z·c), and XLA CPU
+  # does not stream a materialised [N, K] array of 2s through the GEMM fusion.
   dots = jnp.einsum(
-      'nd,kd->nk', z, codebook, preferred_element_type=jnp.float32
+      'nd,kd->nk', z * jnp.asarray(-2, z.dtype), codebook,
+      preferred_element_type=jnp.float32
   )
-  return codebook_sqnorm[None, :] - 2.0 * dots
+  return codebook_sqnorm[None, :] + dots
 
 
 # Scores are computed on whole blocks of this many codes (the codebook is
@@ -148,7 +152,9 @@ def _block_argmin(scores: Array) -> tuple[Array, Array]:
   """
   n, k = scores.shape
   blocks = scores.reshape(n, k // SEARCH_BLOCK, SEARCH_BLOCK)
-  block_min = jnp.min(blocks, axis=-1)
+  # The barrier keeps XLA from rewriting min(min(blocks)) into a second full
+  # pass over the scores.
+  block_min = lax.optimization_barrier(jnp.min(blocks, axis=-1))
   best = jnp.min(block_min, axis=-1)
   blk = _first_index(block_min == best[:, None])
   row = jnp.take_along_axis(blocks, blk[:, None, None], axis=1)[:, 0]

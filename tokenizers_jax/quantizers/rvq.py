@@ -109,24 +109,29 @@ class ResidualVQ(base.Quantizer):
     base.check_mask(mask, x.shape[:-1], name)
     lead = x.shape[:-1]
     z = x if self.project_in is None else self.project_in(x)
-    if train and self.quantize_dropout:
+    dropout = train and self.quantize_dropout
+    if dropout:
       n_keep = self._keep_levels(lead)
       self.step[...] = self.step[...] + 1
-    else:
-      n_keep = jnp.full((lead[0] if lead else 1,), self.num_quantizers, jnp.int32)
-    n_keep = n_keep.reshape((-1,) + (1,) * (len(lead) - 1)) if lead else n_keep[0]
+      n_keep = n_keep.reshape((-1,) + (1,) * (len(lead) - 1)) if lead else n_keep[0]
 
     residual = z
     total = None
     indices, losses, metrics = [], [], {}
     for l, level in enumerate(self.levels):
-      keep = jnp.broadcast_to(l < n_keep, lead)  # [...]
-      level_mask = keep if mask is None else (keep & mask)
+      if dropout:
+        keep = jnp.broadcast_to(l < n_keep, lead)  # [...]
+        level_mask = keep if mask is None else (keep & mask)
+      else:  # Every level kept: no per-level masking work.
+        keep, level_mask = None, mask
       out = level(residual, train=train, mask=level_mask)
-      q = jnp.where(keep[..., None], out.quantized, 0).astype(out.quantized.dtype)
+      q = out.quantized
+      if keep is not None:
+        q = jnp.where(keep[..., None], q, 0).astype(q.dtype)
       total = q if total is None else total + q
       residual = residual - lax.stop_gradient(q).astype(residual.dtype)
-      indices.append(jnp.where(keep, out.indices, -1))
+      indices.append(out.indices if keep is None
+                     else jnp.where(keep, out.indices, -1))
       losses.append(out.loss)
       for k, v in out.metrics.items():
         metrics[f'{k}/{l}'] = v
