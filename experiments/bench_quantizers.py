@@ -294,6 +294,35 @@ def roofline(case: Case, rates: dict[str, float]) -> tuple[float, str]:
   return bytes_ / bw, 'x,q,w,dx pass'
 
 
+def rvq_search_floor(case: Case, runs: int) -> float:
+  """Measured time (seconds) of the RVQ step's distance products alone.
+
+  The `levels` sequential [N, d]·[d, K] score products and the row minimum of
+  each (the least a nearest-code search does), chained through the residual as
+  in RVQ, on this machine with XLA's own GEMM: no argmin, gather, loss,
+  gradient or EMA work. Any XLA implementation of the step takes longer.
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.quantizers import functional as F  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.standard_normal((case.num_tokens, case.dim), np.float32))
+  cbs = jnp.asarray(rng.standard_normal(
+      (case.levels, case.codebook_size, case.dim), np.float32))
+
+  @jax.jit
+  def products(cbs, z):
+    r, total = z, jnp.zeros((case.num_tokens,), jnp.float32)
+    for l in range(case.levels):
+      m = jnp.min(F.code_scores(r, cbs[l]), axis=-1)
+      total = total + m
+      r = r + 1e-3 * m[:, None]  # each level depends on the previous one
+    return total
+
+  products(cbs, z).block_until_ready()
+  return _median_time(lambda: products(cbs, z).block_until_ready(), runs)
+
+
 def lfq_dense_roofline(case: Case, rates: dict[str, float]) -> float:
   n, k, d = case.num_tokens, case.codebook_size, case.dim
   return (2 * 2 * n * k * d / (rates['matmul_gflops'] * 1e9)
@@ -493,6 +522,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"- {case.title}: ours is {ratio:.2f}x its roofline "
           f"({row['roofline_ms']:.2f} ms); XLA temp buffer "
           f"{_mib(row['xla_temp_bytes'])} MiB.")
+    if case.kind == 'rvq':
+      floor = 1e3 * rvq_search_floor(case, max(args.runs, 50))
+      print(f'  (its {case.levels} chained score products + row minima alone, '
+            f'measured: {floor:.2f} ms; {row["vqp_ms"] / floor:.1f}x the peer '
+            'is the most any XLA implementation of this step could reach '
+            'here.)')
     if case.kind == 'lfq':
       dense = lfq_dense_roofline(case, rates)
       print(f'  (roofline of the dense N×K entropy, as VQP computes it: '
