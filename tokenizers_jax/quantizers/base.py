@@ -81,15 +81,6 @@ def traced_checks(enabled: bool = True) -> Iterator[None]:
     _TRACED_CHECKS.reset(token)
 
 
-def _check(ok: Array, message: str, error: type[Exception]) -> None:
-  """Raise `error(message)` now if ok is False (eager), else a traced check."""
-  if not is_traced(ok):
-    if not bool(ok):
-      raise error(message)
-  elif _TRACED_CHECKS.get():
-    checkify.debug_check(ok, message)
-
-
 def check_input(x: Array, dim: int, name: str) -> None:
   """Static shape/dtype checks plus a NaN/Inf check.
 
@@ -104,10 +95,12 @@ def check_input(x: Array, dim: int, name: str) -> None:
         f' (last dimension {x.shape[-1]} != dim={dim})')
   if not jnp.issubdtype(x.dtype, jnp.floating):
     raise TypeError(f'{name}: expected a floating-point input; got dtype {x.dtype}')
-  if is_traced(x) and not _TRACED_CHECKS.get():
-    return
-  _check(jnp.all(jnp.isfinite(x)), f'{name}: input contains NaN or Inf',
-         ValueError)
+  msg = f'{name}: input contains NaN or Inf'
+  if is_traced(x):
+    if _TRACED_CHECKS.get():
+      checkify.debug_check(jnp.all(jnp.isfinite(x)), msg)
+  elif not bool(jnp.all(jnp.isfinite(x))):
+    raise ValueError(msg)
 
 
 def check_mask(mask: Array | None, shape: tuple[int, ...], name: str) -> None:
@@ -124,14 +117,14 @@ def check_indices(indices: Array, codebook_size: int, name: str,
   if not jnp.issubdtype(indices.dtype, jnp.integer):
     raise TypeError(f'{name}.decode: indices must be integers; got {indices.dtype}')
   lo = -1 if allow_dropped else 0
-  if is_traced(indices) and not _TRACED_CHECKS.get():
-    return
-  ok = jnp.all((indices >= lo) & (indices < codebook_size))
-  msg = (f'{name}.decode: index out of range [{lo}, {codebook_size})')
-  if not is_traced(indices) and not bool(ok):
-    bad = jnp.asarray(indices)
-    raise ValueError(f'{msg}: found min {int(bad.min())}, max {int(bad.max())}')
-  _check(ok, msg, ValueError)
+  msg = f'{name}.decode: index out of range [{lo}, {codebook_size})'
+  ok = lambda: jnp.all((indices >= lo) & (indices < codebook_size))
+  if is_traced(indices):
+    if _TRACED_CHECKS.get():
+      checkify.debug_check(ok(), msg)
+  elif not bool(ok()):
+    raise ValueError(f'{msg}: found min {int(jnp.min(indices))}, '
+                     f'max {int(jnp.max(indices))}')
 
 
 def flatten_tokens(x: Array, mask: Array | None):
