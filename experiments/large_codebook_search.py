@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenizers_jax.quantizers import functional as F
+from tokenizers_jax.quantizers import search
 
 
 def peak_rss_bytes() -> int:
@@ -82,7 +83,7 @@ def main() -> None:
   mem = compiled.memory_analysis()
   dense_bytes = n * k * 4
   if chunk == 'auto':
-    used_chunk = F._auto_chunk_size(n, k)  # pylint: disable=protected-access
+    used_chunk = search._auto_chunk_size(n, k)  # pylint: disable=protected-access
   else:
     used_chunk = chunk
   print(f'devices: {jax.devices()}')

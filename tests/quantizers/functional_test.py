@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenizers_jax.quantizers import functional as F
+from tokenizers_jax.quantizers import search
 
 FSQ_TABLE = [(8, 6, 5), (8, 5, 5, 5), (7, 5, 5, 5, 5), (8, 8, 8, 6, 5),
              (8, 8, 8, 5, 5, 5)]
@@ -77,7 +78,7 @@ class NearestCodeTest(parameterized.TestCase):
     scores[:, 384:] = np.inf
     scores[5] = np.inf         # a row with nothing but padding
     scores[6, 200] = -1.0      # a unique minimum in the second block
-    idx, best = F._block_argmin(jnp.asarray(scores))  # pylint: disable=protected-access
+    idx, best = search._block_argmin(jnp.asarray(scores))  # pylint: disable=protected-access
     np.testing.assert_array_equal(idx, np.argmin(scores, axis=-1))
     np.testing.assert_array_equal(best, np.min(scores, axis=-1))
 
