@@ -61,9 +61,11 @@ def test_config_trains_and_evaluates(name, tmp_path):
          '--config.checkpoint_every=4', '--config.num_eval_batches=1']
   env = dict(os.environ)
   if name == 'fqgan':
-    # Known problem: FQGAN's train step, loaded back from JAX's persistent
-    # compilation cache (which conftest.py turns on), aborts inside XLA on
-    # CPU; compiled fresh it runs. Not root-caused yet (see the issue note).
+    # Known problem (XLA CPU, jax 0.10.2): with 8 simulated devices, FQGAN's
+    # train step loaded back from JAX's persistent compilation cache (which
+    # conftest.py turns on) deadlocks: the device threads wait in two
+    # different all-gathers (op_id 17 and 34) and XLA aborts after its 40-s
+    # rendezvous timeout. Compiled fresh, or on one device, it runs.
     env['JAX_ENABLE_COMPILATION_CACHE'] = 'false'
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
                         timeout=600, check=False, env=env)
