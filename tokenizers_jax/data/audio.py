@@ -50,7 +50,6 @@ Dimension legend:
 from __future__ import annotations
 
 import os
-import pathlib
 from typing import Any
 
 from absl import flags
@@ -163,41 +162,15 @@ class FakeAudioSource:
             'sample_rate': self._sr, 'id': f'fake[{index}]'}
 
 
-class AudioFolderSource:
+class AudioFolderSource(image_sources.FolderFiles):
   """Audio files under a folder (soundfile), one split by file-name hash."""
 
-  def __init__(self, root: str | os.PathLike, split: str = 'train', *,
-               val_fraction: float = 0.1):
-    root = pathlib.Path(root).expanduser()
-    if split not in image_sources.FOLDER_SPLITS:
-      raise ValueError(f'folder split must be one of '
-                       f'{image_sources.FOLDER_SPLITS}; got {split!r}')
-    if not root.is_dir():
-      raise FileNotFoundError(f'audio folder {str(root)!r} does not exist or '
-                              'is not a directory')
-    files = sorted(p.relative_to(root).as_posix() for p in root.rglob('*')
-                   if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    if not files:
-      raise ValueError(f'audio folder {str(root)!r} holds no audio files '
-                       f'(looked for {", ".join(AUDIO_EXTENSIONS)})')
-    self._root = root
-    self._files = [f for f in files
-                   if image_sources.folder_split(f, val_fraction) == split]
-    if not self._files:
-      raise ValueError(f'split {split!r} of audio folder {str(root)!r} is '
-                       f'empty (none of its {len(files)} files hash into it; '
-                       f'val_fraction={val_fraction})')
-
-  @property
-  def files(self) -> list[str]:
-    return list(self._files)
-
-  def __len__(self) -> int:
-    return len(self._files)
+  kind = 'audio'
+  extensions = AUDIO_EXTENSIONS
 
   def __getitem__(self, index: int) -> Record:
     import soundfile  # pylint: disable=g-import-not-at-top
-    path = self._root / self._files[int(index)]
+    path = self.path(index)
     try:
       x, rate = soundfile.read(str(path), dtype='float32', always_2d=True)
     except Exception as e:  # pylint: disable=broad-except

@@ -81,31 +81,43 @@ def folder_split(relative_name: str, val_fraction: float) -> str:
   return 'validation' if u < val_fraction else 'train'
 
 
-class FolderSource:
-  """Image files under a folder, one split chosen by file-name hash."""
+class FolderFiles:
+  """Files of one kind under a folder, one split chosen by file-name hash.
+
+  The shared part of the folder sources: lists the files with the given
+  extensions (recursively, sorted relative POSIX names), keeps those that
+  `folder_split` puts in `split`, and names the problem when the folder is
+  missing, holds no such files, or the split is empty. Subclasses read one
+  file in `__getitem__` (`self.path(index)`).
+  """
+
+  kind = 'file'
+  extensions: tuple[str, ...] = ()
 
   def __init__(self, root: str | os.PathLike, split: str = 'train', *,
                val_fraction: float = 0.1):
     root = pathlib.Path(root).expanduser()
+    kind = self.kind
     if split not in FOLDER_SPLITS:
       raise ValueError(f'folder source split must be one of {FOLDER_SPLITS}, '
                        f'got {split!r}')
     if not 0.0 <= val_fraction <= 1.0:
       raise ValueError(f'val_fraction must be in [0, 1], got {val_fraction}')
     if not root.is_dir():
-      raise FileNotFoundError(f'Image folder {str(root)!r} does not exist or '
-                              'is not a directory.')
+      raise FileNotFoundError(f'{kind.capitalize()} folder {str(root)!r} does '
+                              'not exist or is not a directory.')
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob('*')
-                   if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+                   if p.suffix.lower() in self.extensions and p.is_file())
     if not files:
-      raise ValueError(f'Image folder {str(root)!r} holds no image files '
-                       f'(looked for {", ".join(IMAGE_EXTENSIONS)}).')
+      raise ValueError(f'{kind.capitalize()} folder {str(root)!r} holds no '
+                       f'{kind} files (looked for '
+                       f'{", ".join(self.extensions)}).')
     self._root = root
     self._split = split
     self._files = [f for f in files if folder_split(f, val_fraction) == split]
     if not self._files:
       raise ValueError(
-          f'Split {split!r} of image folder {str(root)!r} is empty: none of '
+          f'Split {split!r} of {kind} folder {str(root)!r} is empty: none of '
           f'its {len(files)} files hash into it (val_fraction={val_fraction}).')
 
   @property
@@ -116,8 +128,22 @@ class FolderSource:
   def __len__(self) -> int:
     return len(self._files)
 
+  def path(self, index: int) -> pathlib.Path:
+    return self._root / self._files[int(index)]
+
+  def __repr__(self) -> str:
+    return (f'{type(self).__name__}({str(self._root)!r}, '
+            f'split={self._split!r}, n={len(self._files)})')
+
+
+class FolderSource(FolderFiles):
+  """Image files under a folder, one split chosen by file-name hash."""
+
+  kind = 'image'
+  extensions = IMAGE_EXTENSIONS
+
   def __getitem__(self, index: int) -> Record:
-    path = self._root / self._files[int(index)]
+    path = self.path(index)
     try:
       with Image.open(path) as img:
         image = np.asarray(img.convert('RGB'))
@@ -125,10 +151,6 @@ class FolderSource:
       raise ValueError(f'Failed to decode image file {str(path)!r}: '
                        f'{type(e).__name__}: {e}') from e
     return {'image': image, 'id': str(path)}
-
-  def __repr__(self) -> str:
-    return (f'FolderSource({str(self._root)!r}, split={self._split!r}, '
-            f'n={len(self._files)})')
 
 
 class TfdsSource:
