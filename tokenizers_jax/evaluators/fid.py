@@ -58,6 +58,7 @@ from tokenizers_jax.evaluators.frechet import fid_from_features  # pylint: disab
 from tokenizers_jax.evaluators.frechet import frechet_distance  # pylint: disable=unused-import
 from tokenizers_jax.losses.perceptual import PretrainedWeight
 from tokenizers_jax.losses.perceptual import read_state_dict
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 
@@ -89,11 +90,6 @@ def _conv(cin, cout, kernel, stride=1, padding=0) -> ConvSpec:
   return ConvSpec(cin, cout, kernel, stride, padding)
 
 
-def _meta(*names: str | None) -> dict[str, Any]:
-  """Variable metadata: logical axis names, never eagerly sharded."""
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
-
-
 class BasicConv2d(nnx.Module):
   """Conv (no bias) + inference BatchNorm (eps 1e-3) + ReLU, frozen weights."""
 
@@ -103,7 +99,7 @@ class BasicConv2d(nnx.Module):
     self.padding = tuple((p, p) for p in spec.padding)
     def weight(name, *axes):
       return PretrainedWeight(jnp.asarray(params[name], jnp.float32),
-                              **_meta(*axes))
+                              **logical(*axes))
     self.kernel = weight('kernel', 'conv_h', 'conv_w', 'embed_in', 'embed')
     self.scale = weight('scale', 'embed')
     self.bias = weight('bias', 'embed')

@@ -40,12 +40,9 @@ import jax
 import jax.numpy as jnp
 
 from tokenizers_jax.losses import spectral
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
-
-
-def _meta(*names: str | None) -> dict[str, Any]:
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1,
@@ -56,15 +53,15 @@ def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1,
   return nnx.Conv(cin, cout, (k,), strides=(stride,),
                   padding=[(total - right, right)], kernel_dilation=(dilation,),
                   feature_group_count=groups, dtype=dtype, rngs=rngs,
-                  kernel_metadata=_meta(None, None, 'embed'),
-                  bias_metadata=_meta('embed'))
+                  kernel_metadata=logical(None, None, 'embed'),
+                  bias_metadata=logical('embed'))
 
 
 def _linear(cin: int, cout: int, rngs: nnx.Rngs, dtype=jnp.float32,
             names=(None, 'mlp')) -> nnx.Linear:
   return nnx.Linear(cin, cout, dtype=dtype, rngs=rngs,
-                    kernel_metadata=_meta(*names),
-                    bias_metadata=_meta(names[1]))
+                    kernel_metadata=logical(*names),
+                    bias_metadata=logical(names[1]))
 
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -138,7 +135,7 @@ class LSTM(nnx.Module):
                          for _ in range(num_layers)])
     self.rec = nnx.List([nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype,
                                     rngs=rngs,
-                                    kernel_metadata=_meta(None, 'mlp'))
+                                    kernel_metadata=logical(None, 'mlp'))
                          for _ in range(num_layers)])
     self.dim = dim
 
@@ -240,7 +237,7 @@ class ConvNeXtBlock(nnx.Module):
     self.fc1 = _linear(dim, ffn, rngs, dtype)
     self.fc2 = _linear(ffn, dim, rngs, dtype, names=('mlp', None))
     self.gamma = nnx.Param(jnp.full((dim,), scale, jnp.float32),
-                           **_meta(None))
+                           **logical(None))
 
   def __call__(self, x: Array) -> Array:
     h = self.norm(self.dwconv(x)).astype(x.dtype)

@@ -33,7 +33,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from tokenizers_jax.quantizers import base as qbase
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
@@ -95,14 +95,14 @@ def _linear(din: int, dout: int, names=('embed', 'mlp'), *, dtype: Dtype,
             rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(din, dout, dtype=dtype, rngs=rngs,
                     kernel_init=nnx.initializers.truncated_normal(0.02),
-                    kernel_metadata=qbase.logical(*names),
-                    bias_metadata=qbase.logical(names[1]))
+                    kernel_metadata=logical(*names),
+                    bias_metadata=logical(names[1]))
 
 
 def _norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, rngs=rngs,
-                       scale_metadata=qbase.logical('embed'),
-                       bias_metadata=qbase.logical('embed'))
+                       scale_metadata=logical('embed'),
+                       bias_metadata=logical('embed'))
 
 
 class TemporalBranch(nnx.Module):
@@ -117,8 +117,8 @@ class TemporalBranch(nnx.Module):
       self.convs.append(nnx.Conv(
           cin, channels, (k,), padding='SAME', dtype=dtype, rngs=rngs,
           kernel_init=nnx.initializers.truncated_normal(0.02),
-          kernel_metadata=qbase.logical(None, None, 'mlp'),
-          bias_metadata=qbase.logical('mlp')))
+          kernel_metadata=logical(None, None, 'mlp'),
+          bias_metadata=logical('mlp')))
       self.norms.append(nnx.GroupNorm(channels, num_groups=min(4, channels),
                                       dtype=dtype, rngs=rngs))
       cin = channels
@@ -176,7 +176,7 @@ class Transformer(nnx.Module):
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     init = lambda n: nnx.Param(
         0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (n, width)),
-        **qbase.logical(None, 'embed'))
+        **logical(None, 'embed'))
     self.cls = init(1)
     self.spatial = init(NUM_ELECTRODES + 1)
     self.temporal = init(max_patches)

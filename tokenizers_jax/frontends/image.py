@@ -33,17 +33,13 @@ from flax import nnx
 
 from tokenizers_jax.frontends.common import (
     DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin)
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
 
 # GroupNorm epsilon of the reference design.
 NORM_EPSILON = 1e-6
-
-
-def _meta(*names: str | None) -> dict[str, Any]:
-  """Variable metadata: logical axis names, never eagerly sharded."""
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def group_count(channels: int, num_groups: int) -> int:
@@ -67,8 +63,8 @@ def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
   return nnx.Conv(
       in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
       padding=padding, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-      kernel_metadata=_meta('conv_h', 'conv_w', 'embed_in', 'embed'),
-      bias_metadata=_meta('embed'))
+      kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
+      bias_metadata=logical('embed'))
 
 
 def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,
@@ -76,7 +72,7 @@ def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,
   return nnx.GroupNorm(
       channels, num_groups=group_count(channels, num_groups),
       epsilon=NORM_EPSILON, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-      scale_metadata=_meta('embed'), bias_metadata=_meta('embed'))
+      scale_metadata=logical('embed'), bias_metadata=logical('embed'))
 
 
 class ResnetBlock(nnx.Module):

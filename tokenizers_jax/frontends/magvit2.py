@@ -49,7 +49,8 @@ from tokenizers_jax.frontends.common import (
     DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin,
     _check_rank_channels)
 from tokenizers_jax.frontends.image import (
-    NORM_EPSILON, _conv, _meta, _norm, group_count)
+    NORM_EPSILON, _conv, _norm, group_count)
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
@@ -79,8 +80,8 @@ def _linear(in_features: int, out_features: int, *, dtype: Dtype,
             param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
       in_features, out_features, dtype=dtype, param_dtype=param_dtype,
-      rngs=rngs, kernel_metadata=_meta('embed_in', 'embed'),
-      bias_metadata=_meta('embed'))
+      rngs=rngs, kernel_metadata=logical('embed_in', 'embed'),
+      bias_metadata=logical('embed'))
 
 
 class AdaptiveGroupNorm(nnx.Module):

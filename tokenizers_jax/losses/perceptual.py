@@ -39,6 +39,8 @@ from jax import lax
 from flax import nnx
 import numpy as np
 
+from tokenizers_jax.nn.partitioning import logical
+
 Array = jax.Array
 Dtype = Any
 
@@ -63,11 +65,6 @@ class PretrainedWeight(nnx.Variable):
   """A frozen pretrained weight: not an `nnx.Param`, so never optimized."""
 
 
-def _meta(*names: str | None) -> dict[str, Any]:
-  """Variable metadata: logical axis names, never eagerly sharded."""
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
-
-
 class FrozenConv3x3(nnx.Module):
   """A 3x3, stride-1, pad-1 conv whose weights are `PretrainedWeight`s."""
 
@@ -75,9 +72,9 @@ class FrozenConv3x3(nnx.Module):
     """Wraps a [3, 3, I, O] kernel and an [O] bias."""
     self.kernel = PretrainedWeight(
         jnp.asarray(kernel, jnp.float32),
-        **_meta('conv_h', 'conv_w', 'embed_in', 'embed'))
+        **logical('conv_h', 'conv_w', 'embed_in', 'embed'))
     self.bias = PretrainedWeight(jnp.asarray(bias, jnp.float32),
-                                 **_meta('embed'))
+                                 **logical('embed'))
 
   def __call__(self, x: Array, precision=None) -> Array:
     kernel = lax.stop_gradient(self.kernel[...]).astype(x.dtype)
@@ -157,7 +154,7 @@ class LPIPS(nnx.Module):
     self.vgg = VGG16Features(rngs=rngs)
     for k, c in enumerate(LPIPS_CHANNELS):
       setattr(self, f'lin{k}',
-              PretrainedWeight(jnp.ones((c,), jnp.float32), **_meta('embed')))
+              PretrainedWeight(jnp.ones((c,), jnp.float32), **logical('embed')))
 
   def linear_heads(self) -> list[PretrainedWeight]:
     return [getattr(self, f'lin{k}') for k in range(len(LPIPS_CHANNELS))]

@@ -24,12 +24,9 @@ import jax
 import jax.numpy as jnp
 
 from tokenizers_jax.losses import spectral
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
-
-
-def _meta(*names):
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 class _Conv2d(nnx.Module):
@@ -50,8 +47,8 @@ class _Conv2d(nnx.Module):
     self.conv = nnx.Conv(cin, cout, kernel, padding=pad, dtype=dtype,
                          strides=(1, 1) if self.subsample else self.stride,
                          rngs=rngs,
-                         kernel_metadata=_meta(None, None, None, 'embed'),
-                         bias_metadata=_meta('embed'))
+                         kernel_metadata=logical(None, None, None, 'embed'),
+                         bias_metadata=logical('embed'))
 
   def __call__(self, x):
     y = self.conv(x)

@@ -25,17 +25,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokenizers_jax.frontends.image import group_count
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
 
 NORMS = ('batch', 'group', 'none')
 LEAKY_SLOPE = 0.2
-
-
-def _meta(*names: str | None) -> dict[str, Any]:
-  """Variable metadata: logical axis names, never eagerly sharded."""
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def _scale_init(key, shape, dtype=jnp.float32):
@@ -82,13 +78,13 @@ class NLayerDiscriminator(nnx.Module):
           padding=((1, 1), (1, 1)), use_bias=use_bias,
           kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
           rngs=rngs,
-          kernel_metadata=_meta('conv_h', 'conv_w', 'embed_in', 'embed'),
-          bias_metadata=_meta('embed'))
+          kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
+          bias_metadata=logical('embed'))
 
     def normalization(channels):
       kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                scale_init=_scale_init, scale_metadata=_meta('embed'),
-                bias_metadata=_meta('embed'))
+                scale_init=_scale_init, scale_metadata=logical('embed'),
+                bias_metadata=logical('embed'))
       if norm == 'batch':
         return nnx.BatchNorm(channels, momentum=batch_norm_momentum,
                              epsilon=1e-5, **kw)

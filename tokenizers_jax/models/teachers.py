@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenizers_jax.losses.perceptual import read_state_dict
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
@@ -61,13 +62,8 @@ class Frozen(nnx.Variable):
   """A frozen teacher weight: not an `nnx.Param`, so never optimized."""
 
 
-def _meta(*names: str | None) -> dict[str, Any]:
-  """Variable metadata: logical axis names, never eagerly sharded."""
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
-
-
 def _frozen(value, *names: str | None) -> Frozen:
-  return Frozen(jnp.asarray(value, jnp.float32), **_meta(*names))
+  return Frozen(jnp.asarray(value, jnp.float32), **logical(*names))
 
 
 def _w(var: Frozen, dtype: Dtype) -> Array:

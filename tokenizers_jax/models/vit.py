@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenizers_jax.quantizers import base as qbase
+from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
 Dtype = Any
@@ -48,16 +48,16 @@ def linear(din: int, dout: int, names=('embed', 'mlp'), *,
     kw = dict(kernel_init=nnx.initializers.zeros_init(),
               bias_init=nnx.initializers.zeros_init())
   return nnx.Linear(din, dout, dtype=dtype, rngs=rngs,
-                    kernel_metadata=qbase.logical(*names),
-                    bias_metadata=qbase.logical(names[1]), **kw)
+                    kernel_metadata=logical(*names),
+                    bias_metadata=logical(names[1]), **kw)
 
 
 def layer_norm(width: int, *, affine: bool = True, dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, use_bias=affine,
                        use_scale=affine, rngs=rngs,
-                       scale_metadata=qbase.logical('embed'),
-                       bias_metadata=qbase.logical('embed'))
+                       scale_metadata=logical('embed'),
+                       bias_metadata=logical('embed'))
 
 
 class Attention(nnx.Module):
@@ -230,7 +230,7 @@ def sincos_2d(h: int, w: int, dim: int) -> np.ndarray:
 
 def learned_pos(n: int, dim: int, rngs: nnx.Rngs) -> nnx.Param:
   init = 0.02 * jax.random.normal(rngs.params(), (n, dim), jnp.float32)
-  return nnx.Param(init, **qbase.logical(None, 'embed'))
+  return nnx.Param(init, **logical(None, 'embed'))
 
 
 def timestep_embedding(t: Array, dim: int, max_period: float = 10000.0,

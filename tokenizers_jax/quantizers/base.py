@@ -23,6 +23,9 @@ import jax
 from jax.experimental import checkify
 import jax.numpy as jnp
 
+# Re-exported: quantizers (and older callers) spell it `base.logical`.
+from tokenizers_jax.nn.partitioning import logical  # pylint: disable=unused-import
+
 Array = jax.Array
 
 
@@ -142,15 +145,6 @@ def masked_mean(values: Array, mask: Array | None) -> Array:
   w = mask.astype(jnp.float32).reshape((-1,) + (1,) * (v.ndim - 1))
   per_row = v[0].size if v.ndim > 1 else 1
   return jnp.sum(v * w) / jnp.maximum(jnp.sum(w) * per_row, 1.0)
-
-
-def logical(*names):
-  """Variable metadata: logical axis names, without eager sharding.
-
-  Modules can then be built without a mesh; the training system maps the names
-  to mesh axes with its rules (`nnx.get_partition_spec` + logical rules).
-  """
-  return {'out_sharding': tuple(names), 'eager_sharding': False}
 
 
 def linear(in_features: int, out_features: int, rngs: nnx.Rngs,
