@@ -19,8 +19,8 @@ align_corners=False)`, no antialiasing) unless `resize=False`.
 Weights load from LOCAL files only, in torchvision's Inception3 state-dict
 layout (`Mixed_5b.branch1x1.conv.weight`, `Mixed_5b.branch1x1.bn.running_var`,
 ...): `.pth`/`.pt` via `torch.load(..., weights_only=True)`, `.safetensors`
-or `.npz`. All weights are frozen `PretrainedWeight` variables (never
-`nnx.Param`): this is an evaluator.
+or `.npz` (`nn.weights.load_state_dict`). All weights are `nn.weights.Frozen`
+variables (never `nnx.Param`): this is an evaluator.
 
 The statistics side (float64 numpy) is `evaluators/frechet.py`; its
 `FeatureStats`, `frechet_distance` and `fid_from_features` are re-exported
@@ -56,9 +56,7 @@ import numpy as np
 from tokenizers_jax.evaluators.frechet import FeatureStats  # pylint: disable=unused-import
 from tokenizers_jax.evaluators.frechet import fid_from_features  # pylint: disable=unused-import
 from tokenizers_jax.evaluators.frechet import frechet_distance  # pylint: disable=unused-import
-from tokenizers_jax.losses.perceptual import PretrainedWeight
-from tokenizers_jax.losses.perceptual import read_state_dict
-from tokenizers_jax.nn.partitioning import logical
+from tokenizers_jax.nn import weights
 
 Array = jax.Array
 
@@ -98,8 +96,7 @@ class BasicConv2d(nnx.Module):
     self.stride = spec.stride
     self.padding = tuple((p, p) for p in spec.padding)
     def weight(name, *axes):
-      return PretrainedWeight(jnp.asarray(params[name], jnp.float32),
-                              **logical(*axes))
+      return weights.frozen(params[name], *axes)
     self.kernel = weight('kernel', 'conv_h', 'conv_w', 'embed_in', 'embed')
     self.scale = weight('scale', 'embed')
     self.bias = weight('bias', 'embed')
@@ -107,7 +104,7 @@ class BasicConv2d(nnx.Module):
     self.var = weight('var', 'embed')
 
   def __call__(self, x: Array, precision=None) -> Array:
-    kernel = lax.stop_gradient(self.kernel[...]).astype(x.dtype)
+    kernel = weights.frozen_value(self.kernel, x.dtype)
     y = lax.conv_general_dilated(
         x, kernel, window_strides=(self.stride, self.stride),
         padding=self.padding, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
@@ -445,7 +442,7 @@ class InceptionV3(nnx.Module):
       FileNotFoundError: naming the path, if it does not exist.
       ValueError: naming missing or unexpected keys, or wrong shapes.
     """
-    state = read_state_dict(path, 'FID InceptionV3')
+    state = weights.load_state_dict(path, 'FID InceptionV3')
     return cls(params=params_from_state_dict(state), **kwargs)
 
   def conv_layers(self) -> dict[str, BasicConv2d]:

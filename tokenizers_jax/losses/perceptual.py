@@ -11,12 +11,13 @@ The network is the LPIPS (Zhang et al., 2018) "vgg" variant used by VQGAN:
      linear head (`lin0` .. `lin4`, no bias), average over space;
   4. sum over the five taps.
 
-All weights are frozen `PretrainedWeight` variables (not `nnx.Param`), so an
+All weights are `nn.weights.Frozen` variables (not `nnx.Param`), so an
 optimizer built with `wrt=nnx.Param` never updates them, and the forward pass
 stops their gradients; gradients flow to the input images only. Weights are
-loaded from LOCAL files only (nothing is downloaded): a torchvision-layout
-VGG16 state dict and the LPIPS linear-head state dict, as `.pth`/`.pt`
-(`torch.load(..., weights_only=True)`), `.safetensors` or `.npz`.
+loaded from LOCAL files only (nothing is downloaded, see
+`nn.weights.load_state_dict`): a torchvision-layout VGG16 state dict and the
+LPIPS linear-head state dict, as `.pth`/`.pt` (`torch.load(...,
+weights_only=True)`), `.safetensors` or `.npz`.
 
 Without loaded weights the module is a randomly initialized VGG16 (He normal)
 with all linear heads equal to 1, i.e. the un-learned LPIPS baseline on random
@@ -39,10 +40,13 @@ from jax import lax
 from flax import nnx
 import numpy as np
 
-from tokenizers_jax.nn.partitioning import logical
+from tokenizers_jax.nn import weights
 
 Array = jax.Array
 Dtype = Any
+# Former names, kept for callers: losses.PretrainedWeight, read_state_dict.
+PretrainedWeight = weights.Frozen
+read_state_dict = weights.load_state_dict
 
 # (torchvision `features` index, in channels, out channels) of each 3x3 conv.
 VGG16_CONVS = (
@@ -61,24 +65,18 @@ LPIPS_SCALE = (0.458, 0.448, 0.450)
 NORMALIZE_EPS = 1e-10
 
 
-class PretrainedWeight(nnx.Variable):
-  """A frozen pretrained weight: not an `nnx.Param`, so never optimized."""
-
-
 class FrozenConv3x3(nnx.Module):
-  """A 3x3, stride-1, pad-1 conv whose weights are `PretrainedWeight`s."""
+  """A 3x3, stride-1, pad-1 conv whose weights are `Frozen`."""
 
   def __init__(self, kernel: Array, bias: Array):
     """Wraps a [3, 3, I, O] kernel and an [O] bias."""
-    self.kernel = PretrainedWeight(
-        jnp.asarray(kernel, jnp.float32),
-        **logical('conv_h', 'conv_w', 'embed_in', 'embed'))
-    self.bias = PretrainedWeight(jnp.asarray(bias, jnp.float32),
-                                 **logical('embed'))
+    self.kernel = weights.frozen(kernel, 'conv_h', 'conv_w', 'embed_in',
+                                 'embed')
+    self.bias = weights.frozen(bias, 'embed')
 
   def __call__(self, x: Array, precision=None) -> Array:
-    kernel = lax.stop_gradient(self.kernel[...]).astype(x.dtype)
-    bias = lax.stop_gradient(self.bias[...]).astype(x.dtype)
+    kernel = weights.frozen_value(self.kernel, x.dtype)
+    bias = weights.frozen_value(self.bias, x.dtype)
     y = lax.conv_general_dilated(
         x, kernel, window_strides=(1, 1), padding=((1, 1), (1, 1)),
         dimension_numbers=('NHWC', 'HWIO', 'NHWC'), precision=precision)
@@ -153,10 +151,9 @@ class LPIPS(nnx.Module):
     self.precision = precision
     self.vgg = VGG16Features(rngs=rngs)
     for k, c in enumerate(LPIPS_CHANNELS):
-      setattr(self, f'lin{k}',
-              PretrainedWeight(jnp.ones((c,), jnp.float32), **logical('embed')))
+      setattr(self, f'lin{k}', weights.frozen(jnp.ones((c,)), 'embed'))
 
-  def linear_heads(self) -> list[PretrainedWeight]:
+  def linear_heads(self) -> list[weights.Frozen]:
     return [getattr(self, f'lin{k}') for k in range(len(LPIPS_CHANNELS))]
 
   @classmethod
@@ -167,8 +164,8 @@ class LPIPS(nnx.Module):
     The module is built abstractly (no random init) and then filled, so the
     files are read and checked before any weight is materialized.
     """
-    vgg_state = read_state_dict(vgg_path, 'VGG16')
-    lin_state = read_state_dict(lin_path, 'LPIPS')
+    vgg_state = weights.load_state_dict(vgg_path, 'VGG16')
+    lin_state = weights.load_state_dict(lin_path, 'LPIPS')
     model = nnx.eval_shape(lambda: cls(**kwargs))
     load_vgg16_state_dict(model.vgg, vgg_state)
     load_lpips_linear_state_dict(model, lin_state)
@@ -177,8 +174,10 @@ class LPIPS(nnx.Module):
   def load_weights(self, vgg_path: str | os.PathLike,
                    lin_path: str | os.PathLike) -> 'LPIPS':
     """Loads both state dicts (see `load_vgg16_state_dict`) in place."""
-    load_vgg16_state_dict(self.vgg, read_state_dict(vgg_path, 'VGG16'))
-    load_lpips_linear_state_dict(self, read_state_dict(lin_path, 'LPIPS'))
+    load_vgg16_state_dict(self.vgg,
+                          weights.load_state_dict(vgg_path, 'VGG16'))
+    load_lpips_linear_state_dict(self,
+                                 weights.load_state_dict(lin_path, 'LPIPS'))
     return self
 
   def __call__(self, x: Array, y: Array) -> Array:
@@ -198,7 +197,7 @@ class LPIPS(nnx.Module):
       tap = tap.astype(jnp.float32)
       diff = jnp.square(_normalize_channels(tap[:b]) -
                         _normalize_channels(tap[b:]))
-      weight = jnp.maximum(lax.stop_gradient(lin[...]), 0.0)
+      weight = jnp.maximum(weights.frozen_value(lin, jnp.float32), 0.0)
       total = total + jnp.mean(jnp.sum(diff * weight, axis=-1), axis=(1, 2))
     return total
 
@@ -206,45 +205,6 @@ class LPIPS(nnx.Module):
 # -----------------------------------------------------------------------------
 # Loading local state dicts.
 # -----------------------------------------------------------------------------
-
-
-def read_state_dict(path: str | os.PathLike,
-                    what: str = 'weights') -> dict[str, np.ndarray]:
-  """Reads a flat {name: float32 array} dict from a local file.
-
-  `.npz` uses numpy, `.safetensors` the `safetensors` package, and anything
-  else `torch.load(path, map_location='cpu', weights_only=True)` (a nested
-  `{'state_dict': ...}` is unwrapped). Non-tensor entries are skipped.
-
-  Raises:
-    FileNotFoundError: naming the path, if it does not exist.
-  """
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f'{what} weights file not found: {path!r}')
-  if path.endswith('.npz'):
-    with np.load(path) as data:
-      return {k: np.asarray(data[k], np.float32) for k in data.files}
-  if path.endswith('.safetensors'):
-    try:
-      # pylint: disable-next=g-import-not-at-top
-      from safetensors.numpy import load_file
-    except ImportError as e:
-      raise ImportError(
-          f'Reading {path!r} needs the `safetensors` package.') from e
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ImportError(
-        f'Reading {path!r} needs PyTorch; or convert it to .npz.') from e
-  obj = torch.load(path, map_location='cpu', weights_only=True)
-  if isinstance(obj, Mapping) and isinstance(obj.get('state_dict'), Mapping):
-    obj = obj['state_dict']
-  if not isinstance(obj, Mapping):
-    raise ValueError(f'{path!r} does not hold a state dict (got {type(obj)}).')
-  return {k: v.detach().to(torch.float32).cpu().numpy()
-          for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
 def _lookup(state: Mapping[str, np.ndarray], candidates: list[str],

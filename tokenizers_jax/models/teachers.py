@@ -39,8 +39,9 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from tokenizers_jax.losses.perceptual import read_state_dict
-from tokenizers_jax.nn.partitioning import logical
+from tokenizers_jax.nn import weights
+# `teachers.Frozen` is the shared frozen-weight type (same class).
+from tokenizers_jax.nn.weights import Frozen
 
 Array = jax.Array
 Dtype = Any
@@ -58,17 +59,9 @@ NORMALIZATIONS = {
 }
 
 
-class Frozen(nnx.Variable):
-  """A frozen teacher weight: not an `nnx.Param`, so never optimized."""
-
-
-def _frozen(value, *names: str | None) -> Frozen:
-  return Frozen(jnp.asarray(value, jnp.float32), **logical(*names))
-
-
-def _w(var: Frozen, dtype: Dtype) -> Array:
-  """A frozen weight's value, gradient-stopped, in the compute dtype."""
-  return lax.stop_gradient(var[...]).astype(dtype)
+# Short names for the many weights built and read below.
+_frozen = weights.frozen
+_w = weights.frozen_value
 
 
 def _check_images(images: Array, what: str) -> None:
@@ -404,7 +397,7 @@ class ViTTeacher(nnx.Module):
 
     Reads `.safetensors` (needs the `safetensors` package), `.npz`, or a
     PyTorch file via `torch.load(weights_only=True)` (see
-    `perceptual.read_state_dict`). Depth, width, MLP width, patch size, the
+    `nn.weights.load_state_dict`). Depth, width, MLP width, patch size, the
     positional grid, `norm_pre` and (with `use_head=True`) the head size are
     inferred from the keys; `num_heads` cannot be and defaults to D // 64.
 
@@ -431,7 +424,7 @@ class ViTTeacher(nnx.Module):
       ValueError: naming missing keys, wrong shapes, unsupported keys or
         arguments that contradict the file.
     """
-    state = read_state_dict(path, 'ViT teacher')
+    state = weights.load_state_dict(path, 'ViT teacher')
     return cls.from_state_dict(state, **arch)
 
   @classmethod
