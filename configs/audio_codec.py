@@ -77,7 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       quantizer_weight=10.0,
       gan_loss='hinge',
       g_loss=ml_collections.FieldReference(None, field_type=str),
-      disc_weight=1.0, fm_weight=1.0, disc_start=800)
+      disc_weight=1.0, fm_weight=1.0, disc_start=800,
+      weights=ml_collections.ConfigDict({}, type_safe=False))
   c.eval = dict(pesq=True, stoi=True)
   c.optim = dict(lr=1e-3, b1=0.8, b2=0.99, warmup_steps=50,
                  schedule='cosine', end_lr_factor=0.1, grad_clip=1.0,

@@ -40,14 +40,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       nested_dropout='pow2',  # 'pow2', 'uniform' or None
       cond_dropout=0.1,       # all registers dropped: unconditional (CFG)
       time_sampler='logit_normal', time_loc=0.0, time_scale=1.0,
-      flow_weight=1.0, num_sample_steps=8, guidance_scale=1.0,
+      num_sample_steps=8, guidance_scale=1.0,
       sample_seed=0,
-      # weight 0: off. teacher: a models.teachers.make_teacher spec.
-      repa=dict(weight=0.0, layer=1, proj_dim=256,
+      # REPA is on when loss.weights.repa > 0. teacher: a
+      # models.teachers.make_teacher spec.
+      repa=dict(layer=1, proj_dim=256,
                 teacher=dict(name='random_conv', out_dim=256, width=32)))
   c.quantizer = ml_collections.ConfigDict(
       dict(name='fsq', levels=(8, 8, 8, 5, 5, 5)), type_safe=False)
   c.loss.recon = 'l2'
+  c.loss.weights.flow = 1.0
+  c.loss.weights.repa = 0.0  # > 0 turns REPA on.
   c.loss.recon_weight = 0.0  # logged only: the flow loss trains the decoder
   c.loss.disc_weight = 0.0
   c.loss.adaptive_weight = False
@@ -73,12 +76,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.update(patch_size=16, num_registers=256, width=768,
                    encoder_depth=12, decoder_depth=12, num_heads=12,
                    num_sample_steps=20, guidance_scale=7.5)
-    c.model.repa.update(weight=0.5, layer=1)
+    c.loss.weights.repa = 0.5
+    c.model.repa.update(layer=1)
     c.optim.update(lr=1e-4, warmup_steps=5_000)
     c.total_steps = 500_000
   else:
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, '
                      'd12_d12')
   if args.repa:
-    c.model.repa.weight = 0.5
+    c.loss.weights.repa = 0.5
   return config_lib.apply_modifiers(c, args)

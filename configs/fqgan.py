@@ -45,7 +45,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       adapter=dict(depth=1, width=64, num_heads=4),
       feat_pred=dict(depth=1, num_heads=4),
       disentangle_weight=0.1,
-      semantic_weight=0.5,
       infonce_temperature=1.0,
   ), type_safe=False)
   # One frozen teacher per semantic head (heads 1..F-1): the embedded default
@@ -55,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       for i in range(1, 3 if args.triple else 2))
   c.model.perturb = config_lib.perturb_config()
   c.quantizer = ml_collections.ConfigDict(dict(name='fq'), type_safe=False)
+  # InfoNCE of each semantic head against its teacher (paper: 0.5).
+  c.loss.weights.semantic = 0.5
   # FQGAN: no adaptive weight, a fixed GAN weight.
   c.loss.adaptive_weight = False
   c.loss.disc_weight = 0.1

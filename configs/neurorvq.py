@@ -59,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
       dict(name='rvq', num_quantizers=3, codebook_size=64, quantizer='vq',
            use_cosine_sim=True, ema_update=True, kmeans_init=True, decay=0.99,
            commitment_weight=1.0), type_safe=False)
+  # The model's loss terms: 'eeg' (reconstruction loss of model.loss) and
+  # 'quantizer' (L_code).
+  c.loss = dict(quantizer_weight=1.0,
+                weights=ml_collections.ConfigDict(dict(eeg=1.0),
+                                                  type_safe=False))
   c.optim = dict(lr=1e-3, b1=0.9, b2=0.99, warmup_steps=100,
                  schedule='cosine', end_lr_factor=0.1, grad_clip=1.0,
                  weight_decay=0.01)

@@ -47,7 +47,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       tail_drop=ml_collections.FieldReference(None, field_type=str),
       # A VQ-GAN workdir: stage-1 proxy-code training.
       proxy_teacher=ml_collections.FieldReference(None, field_type=str),
-      proxy_weight=1.0,
       # Stage 2: frozen encoder/quantizer, trainable teacher pixel decoder.
       finetune_decoder=False)
   c.quantizer = ml_collections.ConfigDict(
@@ -55,6 +54,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
            kmeans_init=True, commitment_weight=0.25,
            threshold_ema_dead_code=1.0), type_safe=False)
   c.loss.recon = 'l2'
+  # Stage 1 with a proxy teacher: the proxy-code cross-entropy.
+  c.loss.weights.proxy_ce = 1.0
   c.loss.disc_weight = 0.1
   c.optim.lr = 1e-3
   c.optim.b1, c.optim.b2 = 0.9, 0.99

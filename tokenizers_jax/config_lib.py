@@ -117,6 +117,9 @@ def image_base_config() -> ml_collections.ConfigDict:
       # 'vanilla' = non-saturating against a hinge discriminator).
       g_loss=ml_collections.FieldReference(None, field_type=str),
       lecam_weight=0.0, lecam_decay=0.999,
+      # Weights of the model's named loss terms (models/base.py), besides
+      # 'quantizer' (quantizer_weight), e.g. proxy_ce, flow, semantic.
+      weights=ml_collections.ConfigDict({}, type_safe=False),
   )
   # Evaluation: rFID/pFID need the FID Inception weights as a local file
   # (pt_inception-2015-12-05 layout); without it they are not computed.
@@ -184,4 +187,73 @@ def use_imagenet(c: ml_collections.ConfigDict, image_size: int,
   c.eval_every = 10_000
   c.checkpoint_every = 5_000
   c.num_eval_batches = 50
+  return c
+
+
+# -----------------------------------------------------------------------------
+# Workdir configs (config.json), and configs written by earlier versions.
+# -----------------------------------------------------------------------------
+
+# Loss-term weights that models used to apply themselves, now the task's
+# `loss.weights[term]`: (path of the old key, term name).
+_LEGACY_WEIGHTS = ((('model', 'proxy_weight'), 'proxy_ce'),
+                   (('model', 'flow_weight'), 'flow'),
+                   (('model', 'semantic_weight'), 'semantic'),
+                   (('model', 'repa', 'weight'), 'repa'))
+
+
+def upgrade(c: ml_collections.ConfigDict) -> list[str]:
+  """Rewrites, in place, a config written before the model contract
+  (models/base.py): per-model loss weights move to `loss.weights`, an EEG
+  config gets its `loss` block. Returns what was changed (empty if none)."""
+  notes = []
+  with c.unlocked():
+    if 'loss' not in c:
+      if c.get('task') == 'eeg':
+        c.loss = dict(quantizer_weight=1.0, weights=dict(eeg=1.0))
+        notes.append('added loss (eeg=1, quantizer=1)')
+    if 'loss' in c and 'weights' not in c.loss:
+      c.loss.weights = ml_collections.ConfigDict({}, type_safe=False)
+    if c.get('model_name') == 'flextok' and 'flow' not in c.loss.weights:
+      c.loss.weights.flow = 1.0
+    for path, term in _LEGACY_WEIGHTS:
+      parent = c
+      for key in path[:-1]:
+        parent = parent.get(key) if hasattr(parent, 'get') else None
+        if parent is None:
+          break
+      if parent is None or path[-1] not in parent:
+        continue
+      value = parent[path[-1]]
+      del parent[path[-1]]
+      c.loss.weights[term] = float(value or 0.0)
+      notes.append(f'{".".join(path)} -> loss.weights.{term}')
+  return notes
+
+
+def _tuplify(x):
+  if isinstance(x, dict):
+    return {k: _tuplify(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return tuple(_tuplify(v) for v in x)
+  return x
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+  """`workdir/config.json` as a ConfigDict (lists as tuples), upgraded from
+  earlier versions' layout (`upgrade`)."""
+  import json  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f'{path} not found: is {workdir} a training workdir?')
+  with open(path) as f:
+    try:
+      raw = json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{path} is not valid JSON ({e}); the workdir config '
+                       'is damaged') from None
+  c = ml_collections.ConfigDict(_tuplify(raw))
+  upgrade(c)
   return c

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenizers_jax.frontends.audio import AudioFrontEnd
+from tokenizers_jax.models import base as model_base
 from tokenizers_jax.quantizers import base as qbase
 from tokenizers_jax.quantizers import registry
 
@@ -48,6 +49,11 @@ class AudioCodec(nnx.Module):
     dtype: compute dtype of the convs (the quantizer runs in float32).
     rngs: `nnx.Rngs`.
   """
+
+  modality = 'audio'
+  one_dimensional = False
+  loss_terms = ('quantizer',)
+
 
   def __init__(self, *, frontend: dict[str, Any], quantizer: dict[str, Any],
                sample_rate: int = 16000, dtype=jnp.float32, rngs: nnx.Rngs):
@@ -102,8 +108,9 @@ class AudioCodec(nnx.Module):
   # --- forward ---------------------------------------------------------------
   def __call__(self, x: Array, train: bool = False, *,
                lengths: Array | None = None, step=None, rng=None
-               ) -> tuple[Array, qbase.QuantizerOutput]:
-    """Reconstructs waveforms [B, N]; returns (x_hat [B, N], QuantizerOutput).
+               ) -> model_base.ModelOutput:
+    """Reconstructs waveforms [B, N]; returns the ModelOutput (reconstruction
+    [B, N], terms 'quantizer').
 
     `step` and `rng` are accepted for the trainer's common call signature.
     """
@@ -113,7 +120,7 @@ class AudioCodec(nnx.Module):
     out = self.quantizer(z.astype(jnp.float32), train=train, mask=mask)
     x_hat = self.frontend.decode(out.quantized.astype(z.dtype), train=train,
                                  mask=mask)
-    return x_hat, out
+    return model_base.output(x_hat, out)
 
   def encode(self, x: Array) -> Array:
     """Waveforms [B, N] -> token ids [B, T] or [B, T, Q]."""

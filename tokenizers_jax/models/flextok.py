@@ -22,10 +22,10 @@ the later registers, so `encode(x, num_tokens=k)` is a true prefix code.
 The VAE stage of FlexTok is skipped: the flow runs on pixels in [-1, 1]
 (patchify is FlexTok's fixed 2x2 latent patchification applied to pixels).
 
-Losses (train mode returns (x_hat, QuantizerOutput, extra_losses), each
-already weighted): `flow` = flow_weight * E||v - (noise - x0)||², and with
-`repa` = dict(weight, layer, teacher, proj_dim) the REPA-style alignment
-`repa` = weight * (1 - cos(mean_n MLP(h_layer), teacher(x))) between the
+Loss terms (`ModelOutput.terms` in train mode, unweighted; the task weights
+them from `config.loss.weights`): `flow` = E||v - (noise - x0)||², and with
+`repa` = dict(layer, teacher, proj_dim) the REPA-style alignment
+`repa` = 1 - cos(mean_n MLP(h_layer), teacher(x)) between the
 decoder's patch hidden states after block `layer` and a frozen teacher's
 feature of the clean image (any `teachers.make_teacher` spec; the default is
 the offline random conv teacher; DINOv2 in the paper). In training x_hat is
@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenizers_jax.models import base as model_base
 from tokenizers_jax.models import rectified_flow as rf
 from tokenizers_jax.models import teachers as teachers_lib
 from tokenizers_jax.models import vit
@@ -116,12 +117,12 @@ class FlexTok(nnx.Module):
     nested_dropout: 'pow2', 'uniform' or None (always all R).
     cond_dropout: probability of dropping all registers in training.
     time_sampler, time_loc, time_scale: training times (`rectified_flow`).
-    flow_weight: weight of the flow-matching loss.
     num_sample_steps, guidance_scale, sample_seed: the eval/decode sampler.
-    repa: None or dict(weight=, layer=, teacher=<make_teacher spec>,
+    repa: None (off) or dict(layer=, teacher=<make_teacher spec>,
       proj_dim=).
   """
 
+  modality = 'image'
   one_dimensional = True
 
   def __init__(self, *, image_size: int, patch_size: int = 4,
@@ -132,7 +133,7 @@ class FlexTok(nnx.Module):
                causal_registers: bool = True,
                nested_dropout: str | None = 'pow2', cond_dropout: float = 0.1,
                time_sampler: str = 'logit_normal', time_loc: float = 0.0,
-               time_scale: float = 1.0, flow_weight: float = 1.0,
+               time_scale: float = 1.0,
                num_sample_steps: int = 8, guidance_scale: float = 1.0,
                sample_seed: int = 0, repa: dict[str, Any] | None = None,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
@@ -161,7 +162,6 @@ class FlexTok(nnx.Module):
     self.time_sampler = time_sampler
     self.time_loc = time_loc
     self.time_scale = time_scale
-    self.flow_weight = flow_weight
     self.num_sample_steps = num_sample_steps
     self.guidance_scale = guidance_scale
     self.sample_seed = sample_seed
@@ -193,14 +193,13 @@ class FlexTok(nnx.Module):
                                         width, mlp_ratio, **kw)
     self.out = vit.linear(width, pdim, ('embed', 'embed_in'), zero=True, **kw)
     repa = dict(repa or {})
-    self.repa_weight = float(repa.get('weight', 0.5)) if repa else 0.0
     self.repa_layer = int(repa.get('layer', 1)) if repa else None
     teacher = None
     if repa:
-      unknown = set(repa) - {'weight', 'layer', 'teacher', 'proj_dim'}
+      unknown = set(repa) - {'layer', 'teacher', 'proj_dim'}
       if unknown:
         raise ValueError(f'unknown repa keys {sorted(unknown)}; known: '
-                         'weight, layer, teacher, proj_dim')
+                         'layer, teacher, proj_dim')
       if not 1 <= self.repa_layer <= decoder_depth:
         raise ValueError(f'repa.layer must be in 1..{decoder_depth}; got '
                          f'{self.repa_layer}')
@@ -219,6 +218,10 @@ class FlexTok(nnx.Module):
   @property
   def num_tokens(self) -> int:
     return self.num_registers
+
+  @property
+  def loss_terms(self) -> tuple[str, ...]:
+    return ('quantizer', 'flow') + (('repa',) if self.repa_layer else ())
 
   @property
   def last_layer(self):
@@ -305,7 +308,7 @@ class FlexTok(nnx.Module):
     if quantizer_hook is not None:
       zq = quantizer_hook(self.quantizer, out)
     if not train:
-      return self.sample(zq), out
+      return model_base.output(self.sample(zq), out)
     if rng is None:
       raise ValueError('FlexTok training needs rng (times, noise, dropout)')
     b = x.shape[0]
@@ -327,18 +330,18 @@ class FlexTok(nnx.Module):
     res = self.velocity(x_t, t, cond, return_layer=layer)
     v, hidden = res if layer else (res, None)
     flow = rf.flow_loss(v, x0, noise)
-    extra = {'flow': self.flow_weight * flow}
+    terms = {'flow': flow}
     if layer:
       pred = self.repa_proj2(nnx.silu(self.repa_proj1(hidden)))
       pred = jnp.mean(pred.astype(jnp.float32), axis=1)
       target = jax.lax.stop_gradient(self.teacher(x0))
       cos = jnp.sum(_l2n(pred) * _l2n(target), -1)
-      extra['repa'] = self.repa_weight * jnp.mean(1 - cos)
-    metrics = dict(out.metrics, flow_t=jnp.mean(t))
+      terms['repa'] = jnp.mean(1 - cos)
+    metrics = dict(flow_t=jnp.mean(t))
     if num_kept is not None:
       metrics['tokens_kept'] = jnp.mean(num_kept.astype(jnp.float32))
     x_hat = rf.x0_estimate(x_t, v, t).astype(x.dtype)
-    return x_hat, out.replace(metrics=metrics), extra
+    return model_base.output(x_hat, out, terms, metrics)
 
   def encode(self, x: Array, num_tokens: int | None = None) -> Array:
     """Images [B, H, W, 3] in [-1, 1] -> the first k token ids, int32 [B, k]

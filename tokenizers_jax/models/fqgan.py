@@ -13,12 +13,13 @@ followed by a 1x1 conv back to Z channels. Each head's `VectorQuantizer` is an
 l2-normalised (cosine) sub-codebook (paper: 16384 codes x 8, commitment 0.25,
 codebook 1.0, entropy loss 0.03 at temperature 0.01).
 
-Auxiliary loss (`QuantizerOutput.loss`):
-  sum_i VQ_i.loss
-  + disentangle_weight (0.1) * mean over head pairs (i < j) and tokens of
-      <l2n(q_i), l2n(q_j)>^2                       (`disentanglement`)
-  + semantic_weight (0.5) * sum over semantic heads s of
-      InfoNCE(FeatPredHead_s(q_s), sg(teacher_s(x)))  (`semantic`)
+Loss terms (`ModelOutput.terms`, weighted by the task):
+  'quantizer' = sum_i VQ_i.loss
+      + disentangle_weight (0.1) * mean over head pairs (i < j) and tokens of
+        <l2n(q_i), l2n(q_j)>^2                       (`disentanglement`)
+  'semantic' = sum over semantic heads s of
+      InfoNCE(FeatPredHead_s(q_s), sg(teacher_s(x)))
+      (the paper weights it 0.5: `config.loss.weights.semantic`)
 
 A `FeatPredHead` linearly up-projects a head's quantized tokens to the
 teacher's width, prepends a learned CLS token, runs a small transformer
@@ -51,6 +52,7 @@ import jax.numpy as jnp
 
 from tokenizers_jax.frontends.image import ImageDecoder
 from tokenizers_jax.frontends.image import ImageEncoder
+from tokenizers_jax.models import base as model_base
 from tokenizers_jax.models import teachers as teachers_lib
 from tokenizers_jax.quantizers import base as qbase
 from tokenizers_jax.quantizers import fq as fq_lib
@@ -366,14 +368,14 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
 class FQGAN(nnx.Module):
   """Factorized-quantization image tokenizer.
 
-  `__call__(x, train) -> (x_hat, QuantizerOutput)`, `encode(x) -> indices
-  [B, h, w, F]`, `decode(indices) -> images`.
+  `__call__(x, train) -> ModelOutput` (terms 'quantizer', 'semantic'),
+  `encode(x) -> indices [B, h, w, F]`, `decode(indices) -> images`.
 
   The returned `QuantizerOutput` has `quantized` = the concatenated head codes
   [B, h, w, F*C] (head i in channels i*C .. (i+1)*C - 1, before
   post_quant_conv; straight-through in training), `indices` int32
-  [B, h, w, F], `loss` = the full auxiliary loss (VQ + disentanglement +
-  semantic, weighted), and `metrics`: 'disentanglement', 'semantic' (sum over
+  [B, h, w, F], `loss` = the quantizer term (VQ + weighted disentanglement;
+  the semantic loss is the separate 'semantic' term), and `metrics`: 'disentanglement', 'semantic' (sum over
   semantic heads, unweighted) and 'semantic/{i}' per semantic head i,
   'vq_loss', every head's VQ metrics as '{name}/{i}' (e.g. 'usage/0',
   'perplexity/1', 'commitment/0', 'entropy/1'), and their means ('usage',
@@ -387,6 +389,11 @@ class FQGAN(nnx.Module):
     feat_preds and teachers (one per entry of `semantic_heads`).
   """
 
+  modality = 'image'
+  one_dimensional = False
+  loss_terms = ('quantizer', 'semantic')
+
+
   def __init__(self, *, frontend: Mapping[str, Any], image_size: int,
                num_factors: int = 2, codebook_size: int = 16384,
                codebook_dim: int = 8, vq: Mapping[str, Any] | None = None,
@@ -394,7 +401,7 @@ class FQGAN(nnx.Module):
                semantic_heads: Sequence[int] | None = None,
                teachers: Sequence[Any] | None = None,
                feat_pred: Mapping[str, Any] | None = None,
-               disentangle_weight: float = 0.1, semantic_weight: float = 0.5,
+               disentangle_weight: float = 0.1,
                infonce_temperature: float = 1.0,
                infonce_symmetric: bool = True,
                perturb: Mapping[str, Any] | None = None,
@@ -424,7 +431,6 @@ class FQGAN(nnx.Module):
         merged over `DEFAULT_FEAT_PRED` (3, 8, 4.0); its width is the
         teacher's `out_dim`.
       disentangle_weight: weight of the disentanglement loss (0.1).
-      semantic_weight: weight of each semantic head's InfoNCE loss (0.5).
       infonce_temperature: InfoNCE temperature (1.0).
       infonce_symmetric: symmetric InfoNCE (see the module docstring).
       perturb: optional training-time latent perturbation, as in `VQGAN`:
@@ -503,7 +509,6 @@ class FQGAN(nnx.Module):
     self.codebook_size = codebook_size
     self.codebook_dim = codebook_dim
     self.semantic_heads = semantic_heads
-    self.semantic_weight = semantic_weight
     self.infonce_temperature = infonce_temperature
     self.infonce_symmetric = infonce_symmetric
     self.image_size = image_size
@@ -565,8 +570,8 @@ class FQGAN(nnx.Module):
       rng: Array | None = None,
       quantizer_hook: Callable[[FactorizedCodebooks, qbase.QuantizerOutput],
                                Array] | None = None,
-  ) -> tuple[Array, qbase.QuantizerOutput]:
-    """Reconstructs `x` and returns the auxiliary loss.
+  ) -> model_base.ModelOutput:
+    """Reconstructs `x`; returns the ModelOutput.
 
     Args:
       x: images [B, H, W, 3] in [-1, 1].
@@ -587,8 +592,8 @@ class FQGAN(nnx.Module):
         `quantized` are those of the unmodified codes.
 
     Returns:
-      (x_hat [B, H, W, 3], QuantizerOutput) as described in the class
-      docstring.
+      ModelOutput: reconstruction [B, H, W, 3], the factorized
+      QuantizerOutput, terms 'quantizer' and 'semantic' (unweighted).
     """
     z = self.encode_latents(x, train=train)
     qout = self.quantizer(
@@ -611,10 +616,9 @@ class FQGAN(nnx.Module):
     metrics['semantic'] = semantic
     for i, v in sem.items():
       metrics[f'semantic/{i}'] = v
-    loss = qout.loss + self.semantic_weight * semantic
-    return x_hat, qbase.QuantizerOutput(
-        quantized=qout.quantized, indices=qout.indices,
-        loss=loss.astype(jnp.float32), metrics=metrics)
+    qout = qout.replace(metrics=metrics)
+    return model_base.output(
+        x_hat, qout, {'semantic': jnp.asarray(semantic, jnp.float32)})
 
   def encode(self, x: Array) -> Array:
     """Images [B, H, W, 3] in [-1, 1] -> token indices int32 [B, h, w, F]."""

@@ -7,7 +7,7 @@
                                   ema_update=True, kmeans_init=True,
                                   commitment_weight=1.0),
                    rngs=nnx.Rngs(0))
-  x_hat, out, terms = model(x, train=True, mask=mask)   # x [B, C, T]
+  out = model(x, train=True, mask=mask)   # x [B, C, T] -> ModelOutput
   ids = model.encode(x)                  # int32 [B, C, A, G, Q]
   ids, stats = model.encode_with_stats(x)
   x_rec = model.decode(ids, stats)       # [B, C, T]
@@ -47,6 +47,8 @@ import jax.numpy as jnp
 from tokenizers_jax.data import eeg as eeg_data
 from tokenizers_jax.frontends import eeg as fe
 from tokenizers_jax.losses import eeg as eeg_losses
+from tokenizers_jax.models import base as model_base
+from tokenizers_jax.quantizers import base as qbase
 from tokenizers_jax.quantizers import registry as qregistry
 
 Array = jax.Array
@@ -72,6 +74,12 @@ class NeuroRVQ(nnx.Module):
     loss: 'neurorvq' or 'mse'.
     stats_decay: decay of the running `amp_stats`.
   """
+
+  modality = 'eeg'
+  one_dimensional = False
+  # 'eeg': the reconstruction loss of `losses/eeg.py` (amplitude + phase +
+  # time-domain terms, or the MSE baseline); 'quantizer': L_code.
+  loss_terms = ('eeg', 'quantizer')
 
   def __init__(self, *, channels: Sequence[str], patch_size: int = 200,
                max_patches: int = 256,
@@ -156,10 +164,13 @@ class NeuroRVQ(nnx.Module):
       channel_ids: electrode indices [C] (default: the model's channels).
 
     Returns:
-      (x_hat [B, C, T], outputs, terms): outputs = dict(indices
-      [B, C, A, G, Q], z [B, G, C, A, E] (encoder output), quantizer (list of
-      per-branch QuantizerOutput), pred (decoder heads)); terms = dict(loss,
-      code, amplitude, phase, signal, mse, phase_cos).
+      ModelOutput: reconstruction [B, C, T]; quantizer = the branches'
+      outputs combined (indices [B, C, A, G, Q], quantized [B, G, C, A, E],
+      loss = L_code); terms 'eeg' (the reconstruction loss) and 'quantizer'
+      (L_code); metrics amplitude, phase, signal, mse, phase_cos and the
+      branch-averaged usage / perplexity / dead_codes; aux = dict(z
+      [B, G, C, A, E] (encoder output), quantizers (per-branch
+      QuantizerOutputs), pred (decoder heads)).
     """
     x = self._check(x, mask)
     ids = self._ids(channel_ids, x.shape[1])
@@ -170,15 +181,21 @@ class NeuroRVQ(nnx.Module):
     loss, terms, x_hat = eeg_losses.eeg_loss(xp, pred, mask,
                                              kind=self.loss_kind)
     code = sum(o.loss for o in outs) / self.num_levels
-    terms = dict(terms, code=code, loss=loss + code)
     if train:
       new = jnp.mean(eeg_losses.signal_stats(xp, mask, self.loss_kind), 0)
       d = self.stats_decay
       self.amp_stats[...] = d * self.amp_stats[...] + (
           1 - d) * jax.lax.stop_gradient(new)
-    outputs = dict(indices=self._stack_ids(outs), z=z, quantizer=outs,
-                   pred=pred)
-    return x_hat.reshape(x.shape), outputs, terms
+    metrics = dict(terms)
+    for key in ('usage', 'perplexity', 'dead_codes'):
+      if key in outs[0].metrics:
+        metrics[key] = sum(o.metrics[key] for o in outs) / len(outs)
+    qout = qbase.QuantizerOutput(quantized=zq, indices=self._stack_ids(outs),
+                                 loss=code, metrics={})
+    return model_base.ModelOutput(
+        reconstruction=x_hat.reshape(x.shape), quantizer=qout,
+        terms={'eeg': loss, 'quantizer': code}, metrics=metrics,
+        aux=dict(z=z, quantizers=outs, pred=pred))
 
   def encode_with_stats(self, x: Array, mask: Array | None = None,
                         channel_ids=None) -> tuple[Array, Array]:

@@ -25,8 +25,8 @@ Two-stage proxy-code training (`proxy_teacher` = a VQ-GAN module or a
 training workdir of this project):
 
   stage 1: the frozen teacher's codes on the H/P x W/P grid are the targets of
-    a cross-entropy on the decoder logits (returned in the train-mode extra
-    losses as `proxy_ce`); reconstructions are the teacher decoder's rendering
+    a cross-entropy on the decoder logits (the train-mode loss term
+    `proxy_ce`); reconstructions are the teacher decoder's rendering
     of the argmax codes. The teacher's weights are converted to
     `teachers.Frozen` variables, so the optimizer never sees them.
   stage 2 (`finetune_decoder=True`, as TiTok's `finetune_decoder`): TiTok's
@@ -44,10 +44,10 @@ training workdir of this project):
     starts from the stage-1 run's weights via the training config's
     `init_from` (see training/steps.py).
 
-Interface (the image task's): `__call__(x, train, *, step, rng,
-quantizer_hook)` -> (x_hat, QuantizerOutput) in eval mode and
-(x_hat, QuantizerOutput, extra_losses) in train mode; `encode(x,
-num_tokens=k)` -> int32 [B, k]; `decode(ids [B, L])` -> images.
+Interface (`models/base.py`): `__call__(x, train, *, step, rng,
+quantizer_hook)` -> ModelOutput (terms 'quantizer' and, in stage-1
+training, 'proxy_ce'); `encode(x, num_tokens=k)` -> int32 [B, k];
+`decode(ids [B, L])` -> images.
 
 Dimension legend:
   B: batch; H, W: image size; P: patch size; N = (H/P)(W/P) patch tokens
@@ -65,6 +65,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from tokenizers_jax.models import base as model_base
 from tokenizers_jax.models import teachers as teachers_lib
 from tokenizers_jax.models import vit
 from tokenizers_jax.quantizers import base as qbase
@@ -156,7 +157,6 @@ class TiTok(nnx.Module):
     tail_drop: None (TiTok), 'batch' or 'example' (One-D-Piece).
     proxy_teacher: None (pixel head) or a VQ-GAN module / workdir path whose
       codes on the patch grid are the stage-1 targets.
-    proxy_weight: weight of the proxy cross-entropy.
     finetune_decoder: stage 2 (needs `proxy_teacher`): frozen encoder and
       quantizer; the soft codes feed the trainable teacher pixel decoder.
   """
@@ -166,6 +166,7 @@ class TiTok(nnx.Module):
   ENCODER_PARAMS = ('patch_embed', 'patch_pos', 'latent_tokens', 'latent_pos',
                     'encoder', 'to_code', 'quantizer')
 
+  modality = 'image'
   one_dimensional = True
 
   def __init__(self, *, image_size: int, patch_size: int = 4,
@@ -173,7 +174,7 @@ class TiTok(nnx.Module):
                decoder_depth: int = 2, num_heads: int = 4,
                mlp_ratio: float = 4.0, embed_dim: int = 8,
                quantizer: dict[str, Any], tail_drop: str | None = None,
-               proxy_teacher=None, proxy_weight: float = 1.0,
+               proxy_teacher=None,
                finetune_decoder: bool = False,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
@@ -194,7 +195,6 @@ class TiTok(nnx.Module):
     n = self.grid ** 2
     self.num_patches = n
     self.tail_drop = tail_drop
-    self.proxy_weight = proxy_weight
     self.finetune_decoder = finetune_decoder
     pdim = patch_size * patch_size * 3
     self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
@@ -236,6 +236,14 @@ class TiTok(nnx.Module):
   @property
   def codebook_size(self) -> int:
     return self.quantizer.codebook_size
+
+  @property
+  def loss_terms(self) -> tuple[str, ...]:
+    """'quantizer', and 'proxy_ce' (cross-entropy of the predicted proxy
+    codes against the teacher's, training only) in proxy-code stage 1."""
+    if self.teacher is not None and not self.finetune_decoder:
+      return ('quantizer', 'proxy_ce')
+    return ('quantizer',)
 
   @property
   def last_layer(self):
@@ -341,16 +349,13 @@ class TiTok(nnx.Module):
       out = out.replace(metrics=dict(
           out.metrics, tokens_kept=jnp.mean(num_kept.astype(jnp.float32))))
     x_hat, logits = self._render(self.decode_features(zq, num_kept), train)
-    if not train:
-      return x_hat, out
-    extra = {}
-    if logits is not None and not self.finetune_decoder:
+    terms = {}
+    if train and 'proxy_ce' in self.loss_terms:
       targets = jax.lax.stop_gradient(self.teacher.encode(x))
       targets = targets.reshape(x.shape[0], -1)
-      ce = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
-          logits, targets))
-      extra['proxy_ce'] = self.proxy_weight * ce
-    return x_hat, out, extra
+      terms['proxy_ce'] = jnp.mean(
+          optax.softmax_cross_entropy_with_integer_labels(logits, targets))
+    return model_base.output(x_hat, out, terms)
 
   def encode(self, x: Array, num_tokens: int | None = None) -> Array:
     """Images [B, H, W, 3] in [-1, 1] -> the first k token ids, int32 [B, k]

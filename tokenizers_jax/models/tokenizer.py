@@ -17,19 +17,79 @@ The same for the other modalities (the run's `config.task`):
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 from flax import nnx
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenizers_jax import workdir as workdir_lib
+from tokenizers_jax.models import registry
+
 Array = jax.Array
 
-# Input rank and description per modality (config.task).
+# Input rank, description and value range per modality (config.task). EEG
+# windows are in the data pipeline's units (100 uV, `data/eeg.py`); the
+# bound only catches signals in the wrong units (e.g. microvolts).
 _INPUTS = {
-    'image': (4, 'images [B, H, W, 3] in [-1, 1]'),
-    'audio': (2, 'waveforms [B, N] in [-1, 1]'),
-    'eeg': (3, 'EEG [B, C, N] (channels x samples at the model rate)'),
+    'image': (4, 'images [B, H, W, 3] in [-1, 1]', 1.0),
+    'audio': (2, 'waveforms [B, N] in [-1, 1]', 1.0),
+    'eeg': (3, 'EEG [B, C, N] (channels x samples at the model rate, units '
+            'of 100 uV)', 1e3),
 }
+# Tolerance on the [-1, 1] range (resampling and rounding overshoot).
+_RANGE_SLACK = 1e-3
+
+# Set while building a model's structure only (no weights read): a TiTok
+# whose proxy teacher is a workdir then needs only the teacher's config.
+_STRUCTURE_ONLY = contextvars.ContextVar('structure_only', default=False)
+
+
+@contextlib.contextmanager
+def _structure_only():
+  token = _STRUCTURE_ONLY.set(True)
+  try:
+    yield
+  finally:
+    _STRUCTURE_ONLY.reset(token)
+
+
+def _flat(tree) -> dict:
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in p): v
+          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _check_same_structure(workdir: str, want: dict, got: dict, what: str):
+  """A clear error when the checkpoint's tree does not fit the model."""
+  w, g = _flat(want), _flat(got)
+  problems = [f'{k}: missing from the checkpoint' for k in sorted(set(w) - set(g))]
+  problems += [f'{k}: in the checkpoint, not in the model'
+               for k in sorted(set(g) - set(w))]
+  problems += [f'{k}: shape {tuple(g[k].shape)} in the checkpoint, '
+               f'{tuple(w[k].shape)} in the model'
+               for k in sorted(set(w) & set(g))
+               if tuple(w[k].shape) != tuple(g[k].shape)]
+  if problems:
+    shown = '\n  '.join(problems[:20])
+    more = f'\n  ... and {len(problems) - 20} more' if len(problems) > 20 else ''
+    raise ValueError(
+        f'{workdir}: the checkpoint\'s {what} do not match the model that '
+        f'its config.json builds ({len(problems)} differences):\n  {shown}'
+        f'{more}\nThe workdir was written by another version or its '
+        'config.json was edited. Train a fresh run, or initialise one from '
+        'this checkpoint where the shapes still match with '
+        '--config.init_from=WORKDIR.')
+
+
+def _fill(want, got):
+  """`want`'s tree with the checkpoint's arrays (orbax stores integer keys
+  as strings), cast to the model's dtypes."""
+  if isinstance(want, dict):
+    return {k: _fill(v, got[k] if k in got else got[str(k)])
+            for k, v in want.items()}
+  return np.asarray(got).astype(want.dtype)
 
 
 class Tokenizer:
@@ -39,6 +99,7 @@ class Tokenizer:
     model: the NNX model (EMA weights when the run kept an EMA).
     config: the run's config.
     step: the checkpoint step.
+    modality: 'image', 'audio' or 'eeg'.
   """
 
   def __init__(self, model: nnx.Module, config=None, step: int | None = None):
@@ -64,32 +125,67 @@ class Tokenizer:
   @classmethod
   def from_workdir(cls, workdir: str, *, use_ema: bool = True,
                    step: int | None = None) -> 'Tokenizer':
-    """Builds the model from `workdir/config.json` and loads its checkpoint."""
-    from tokenizers_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
-    from tokenizers_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    from tokenizers_jax.training import tasks  # pylint: disable=g-import-not-at-top
-    from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
-    config = train_lib.load_config(workdir)
-    mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
-    with jax.set_mesh(mesh):
-      trainer, state, _ = tasks.get_task(config).create(config, mesh)
-      state, step = ckpt_lib.restore_state_only(workdir, state, step)
-    params = state['ema'] if (use_ema and config.ema_decay > 0) else state['gen']['params']
-    model = trainer.merge_gen(jax.device_get(params),
-                              jax.device_get(state['gen']['rest']), copy=True)
+    """The tokenizer of a training workdir: the model that its config.json
+    builds, with the generator weights (EMA when kept) of its latest (or
+    `step`'s) checkpoint. Only those weights are read: no discriminator,
+    optimizer or loss network is built."""
+    config = workdir_lib.load_config(workdir)
+    if _STRUCTURE_ONLY.get():
+      # A proxy teacher inside another model being built for its structure:
+      # its weights come with that model's checkpoint.
+      return cls(registry.build_model(config), config, step)
+    with _structure_only():
+      model = nnx.eval_shape(lambda: registry.build_model(config))
+    graph, want_params, want_rest = nnx.split(model, nnx.Param, ...)
+    params, rest, step, _ = workdir_lib.read_generator(workdir, step, use_ema)
+    want_params = nnx.to_pure_dict(want_params)
+    want_rest = nnx.to_pure_dict(want_rest)
+    _check_same_structure(workdir, want_params, params, 'parameters')
+    _check_same_structure(workdir, want_rest, rest, 'other variables')
+    model = nnx.merge(graph, _fill(want_params, params),
+                      _fill(want_rest, rest))
     return cls(model, config, step)
+
+  # ---------------------------------------------------------------- checks
 
   def _check_input(self, x) -> Array:
     x = np.asarray(x)
     if not np.issubdtype(x.dtype, np.floating):
       raise TypeError(f'encode expects floating-point input; got {x.dtype}')
-    ndim, what = _INPUTS[self.modality]
+    ndim, what, bound = _INPUTS[self.modality]
     ok = x.ndim == ndim and (self.modality != 'image' or x.shape[-1] == 3)
     if not ok:
       raise ValueError(f'encode expects {what}; got shape {x.shape}')
     if not np.all(np.isfinite(x)):
       raise ValueError('encode: the input contains NaN or infinite values')
+    lo, hi = float(x.min(initial=0.0)), float(x.max(initial=0.0))
+    if max(-lo, hi) > bound * (1 + _RANGE_SLACK):
+      hint = ''
+      if self.modality == 'image' and lo >= 0 and hi > 1.5:
+        hint = ' (8-bit pixels? use x / 127.5 - 1)'
+      elif self.modality == 'image' or self.modality == 'audio':
+        hint = ' (scale the input to [-1, 1])'
+      else:
+        hint = ' (the model expects units of 100 uV: volts x 1e4)'
+      raise ValueError(f'encode expects {what}; got values in '
+                       f'[{lo:.4g}, {hi:.4g}]{hint}')
     return jnp.asarray(x, jnp.float32)
+
+  def _check_ids(self, indices) -> Array:
+    ids = np.asarray(indices)
+    if not np.issubdtype(ids.dtype, np.integer):
+      raise TypeError(f'decode expects integer token ids; got {ids.dtype}')
+    if ids.ndim < 2:
+      raise ValueError(f'decode expects token ids [B, ...]; got shape '
+                       f'{ids.shape}')
+    k = int(self.model.codebook_size)
+    if ids.size and (ids.min() < 0 or ids.max() >= k):
+      raise ValueError(f'decode: token ids must lie in [0, {k}) (codebook '
+                       f'size {k}); found min {int(ids.min())}, max '
+                       f'{int(ids.max())}')
+    return jnp.asarray(ids, jnp.int32)
+
+  # ---------------------------------------------------------------- API
 
   def encode(self, x, num_tokens: int | None = None) -> Array:
     """Token ids of x (images, waveforms or EEG, by the run's task).
@@ -116,9 +212,7 @@ class Tokenizer:
   def decode(self, indices, stats=None) -> Array:
     """Token ids -> images / waveforms in [-1, 1], or EEG (with `stats` from
     `encode_with_stats`; without them, the running averages of training)."""
-    indices = jnp.asarray(indices)
-    if not jnp.issubdtype(indices.dtype, jnp.integer):
-      raise TypeError(f'decode expects integer token ids; got {indices.dtype}')
+    indices = self._check_ids(indices)
     if stats is not None and self.modality != 'eeg':
       raise ValueError('stats are for EEG tokenizers only')
     if self.modality == 'eeg':

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenizers_jax.frontends.image import ImageFrontEnd
+from tokenizers_jax.models import base as model_base
 from tokenizers_jax.quantizers import base as qbase
 from tokenizers_jax.quantizers import perturbation as perturb_lib
 from tokenizers_jax.quantizers import registry
@@ -59,8 +60,13 @@ def entropy_anneal_multiplier(step: Array, factor: float, steps: int) -> Array:
 
 
 class VQGAN(nnx.Module):
-  """Image tokenizer: `__call__(x, train, step=, rng=) -> (x_hat, QuantizerOutput)`,
+  """Image tokenizer (the `models/base.py` contract):
+  `__call__(x, train=, step=, rng=) -> ModelOutput` (terms: 'quantizer'),
   `encode(x) -> indices [B, h, w(, G)]`, `decode(indices) -> images`."""
+
+  modality = 'image'
+  one_dimensional = False
+  loss_terms = ('quantizer',)
 
   def __init__(self, *, frontend: dict[str, Any], quantizer: dict[str, Any],
                embed_dim: int, image_size: int, frontend_name: str = 'taming',
@@ -116,7 +122,7 @@ class VQGAN(nnx.Module):
     return self.frontend.decode(self.post_quant_conv(zq), train=train)
 
   def __call__(self, x: Array, train: bool = False, *, step=None, rng=None,
-               quantizer_hook=None) -> tuple[Array, qbase.QuantizerOutput]:
+               quantizer_hook=None) -> model_base.ModelOutput:
     """Reconstruct `x`; `step` drives the schedules, `rng` the perturbation.
 
     `quantizer_hook(quantizer, out) -> quantized` may replace the quantized
@@ -140,7 +146,8 @@ class VQGAN(nnx.Module):
           perturbed_codes=info['code_fraction']))
     if quantizer_hook is not None:
       zq = quantizer_hook(self.quantizer, out.replace(quantized=zq))
-    return self.decode_latents(zq.astype(z.dtype), train=train), out
+    return model_base.output(
+        self.decode_latents(zq.astype(z.dtype), train=train), out)
 
   def encode(self, x: Array) -> Array:
     """Images [B, H, W, 3] in [-1, 1] -> token indices [B, h, w(, G)]."""

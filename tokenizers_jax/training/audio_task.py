@@ -3,11 +3,8 @@
   python -m tokenizers_jax.train --config=configs/audio_codec.py:tiny \
       --workdir=/tmp/audio
 
-State (the conventions of `tasks.py`; `disc` is the MPD + MRD discriminator):
-
-  state = {'step', 'gen': {'params', 'rest'}, 'gen_opt',
-           'disc': {'params', 'rest'}, 'disc_opt', 'ema', 'rng',
-           'nonfinite_consecutive', 'nonfinite_total'}
+State: the training core's (`training/core.py`), `disc` the MPD + MRD
+discriminator.
 
 Train step (WavTokenizer / Vocos recipe): one generator update on
   mel_weight · multi-scale log-mel L1 + quantizer_weight · quantizer loss
@@ -44,16 +41,15 @@ import numpy as np
 import optax
 
 from tokenizers_jax import config_lib
-from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.data import audio as audio_data
 from tokenizers_jax.evaluators import audio as audio_metrics
 from tokenizers_jax.frontends.audio import AudioConfig
 from tokenizers_jax.losses import adversarial
 from tokenizers_jax.losses import spectral
-from tokenizers_jax.models.audio_codec import AudioCodec
+from tokenizers_jax.models import registry
 from tokenizers_jax.models.audio_discriminators import AudioDiscriminator
 from tokenizers_jax.quantizers import functional as qf
-from tokenizers_jax.training import steps as steps_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import tasks
 
 Array = jax.Array
@@ -86,6 +82,7 @@ def crop_length(config) -> int:
 def validate_config(config) -> None:
   """Fails with a message naming the key for configs that cannot work."""
   req = config_lib.require
+  config_lib.upgrade(config)
   req(config.get('task') == 'audio', 'task', "must be 'audio'")
   try:
     AudioConfig(**{k: tuple(v) if isinstance(v, list) else v
@@ -116,53 +113,21 @@ def build_models(config, seed: int | None = None):
   """(AudioCodec, AudioDiscriminator) on the host."""
   seed = config.seed if seed is None else seed
   dtype = jnp.bfloat16 if config.mixed_precision else jnp.float32
-  codec = AudioCodec(frontend=_plain(config.model.frontend),
-                     quantizer=_plain(config.quantizer),
-                     sample_rate=config.data.sample_rate, dtype=dtype,
-                     rngs=nnx.Rngs(seed))
+  codec = registry.build_model(config, seed)
   disc = AudioDiscriminator(dtype=dtype, rngs=nnx.Rngs(seed + 1),
                             **_plain(config.disc))
   return codec, disc
 
 
+def _disc_apply(disc, x):
+  """MPD + MRD: (list of logits, list of feature lists)."""
+  return disc(x)
+
+
 def create(config, mesh):
   """Trainer, initial state on the mesh, and its shardings."""
-  validate_config(config)
   gen, disc = build_models(config)
-  gen_graph, gp, gr = steps_lib._split(gen)  # pylint: disable=protected-access
-  disc_graph, dp, dr = steps_lib._split(disc)  # pylint: disable=protected-access
-  trainer = steps_lib.Trainer(
-      config, gen_graph, disc_graph,
-      steps_lib.make_optimizer(config.optim, config.total_steps),
-      steps_lib.make_optimizer(config.disc_optim, config.total_steps),
-      None, ())
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-
-  def sh(module, filt):
-    return nnx.to_pure_dict(sharding_lib.state_shardings(
-        nnx.state(module, filt), mesh, rules))
-
-  replicated = NamedSharding(mesh, P())
-  gen_sh = {'params': sh(gen, nnx.Param), 'rest': sh(gen, nnx.Not(nnx.Param))}
-  disc_sh = {'params': sh(disc, nnx.Param),
-             'rest': sh(disc, nnx.Not(nnx.Param))}
-  host = {
-      'step': jnp.zeros((), jnp.int32),
-      'gen': {'params': gp, 'rest': gr},
-      'disc': {'params': dp, 'rest': dr},
-      'ema': jax.tree.map(np.array, gp) if config.ema_decay > 0 else {},
-      'rng': jax.random.key_data(jax.random.PRNGKey(config.seed + 2)),
-      'nonfinite_consecutive': jnp.zeros((), jnp.int32),
-      'nonfinite_total': jnp.zeros((), jnp.int32),
-  }
-  shardings = {'step': replicated, 'gen': gen_sh, 'disc': disc_sh,
-               'ema': gen_sh['params'] if config.ema_decay > 0 else {},
-               'rng': replicated, 'nonfinite_consecutive': replicated,
-               'nonfinite_total': replicated}
-  state = jax.device_put(host, shardings)
-  state['gen_opt'] = jax.jit(trainer.gen_tx.init)(state['gen']['params'])
-  state['disc_opt'] = jax.jit(trainer.disc_tx.init)(state['disc']['params'])
-  return trainer, state, jax.tree.map(lambda x: x.sharding, state)
+  return core.build_state(config, mesh, gen, disc, disc_apply=_disc_apply)
 
 
 def train_iterator(config):
@@ -181,136 +146,54 @@ def train_iterator(config):
 # -----------------------------------------------------------------------------
 
 
-def _mean(values) -> Array:
-  return sum(values) / len(values)
-
-
 def train_step(trainer, state: dict, batch: dict):
   """One generator and one discriminator update (see module docstring).
 
   The adversarial terms are multiplied by gate = (step >= disc_start), as in
   the image task. When `disc_start >= total_steps` no discriminator pass is
-  compiled at all (a reconstruction-only run, ~2.5x faster on CPU). A
-  `lax.cond` between the two steps was tried: XLA on CPU ran the chosen
-  branch ~5x slower than the same step outside a conditional.
+  compiled at all (`core.gan_enabled`; a reconstruction-only run, ~2.5x
+  faster on CPU). A `lax.cond` between the two steps was tried: XLA on CPU
+  ran the chosen branch ~5x slower than the same step outside a conditional.
   """
-  cfg = trainer.config
-  return _step(trainer, state, batch,
-               gan=cfg.loss.disc_start < cfg.total_steps)
-
-
-def _step(trainer, state: dict, batch: dict, *, gan: bool):
-  """The train step with (gan=True) or without the adversarial terms."""
   cfg = trainer.config
   lc = cfg.loss
   sr = cfg.data.sample_rate
   scales = tuple(tuple(s) for s in lc.mel_scales)
   x = batch['audio'].astype(jnp.float32)
-  step = state['step']
-  gate = adversarial.disc_start_gate(step, lc.disc_start)
-  g_loss_fn = adversarial.get_g_loss(_opt(lc, 'g_loss') or lc.gan_loss)
-  d_loss_fn = adversarial.get_d_loss(lc.gan_loss)
   stft_weight = _opt(lc, 'stft_weight', 0.0)
-  zero = jnp.zeros((), jnp.float32)
 
-  def adversarial_terms(x_hat):
-    disc = trainer.merge_disc(state['disc']['params'], state['disc']['rest'])
-    logits_fake, feats_fake = disc(x_hat)
-    _, feats_real = disc(x)
-    g_adv = _mean([g_loss_fn(l) for l in logits_fake])
-    return g_adv, spectral.feature_matching(feats_real, feats_fake)
-
-  def gen_loss(params):
+  def forward(params):
     gen = trainer.merge_gen(params, state['gen']['rest'])
-    x_hat, qout = gen(x, train=True)
-    x_hat = x_hat.astype(jnp.float32)
+    out = gen(x, train=True)
+    x_hat = out.reconstruction.astype(jnp.float32)
     mel = spectral.multiscale_mel_l1(x, x_hat, sr, scales)
-    loss = lc.mel_weight * mel + lc.quantizer_weight * qout.loss
-    mrstft = zero
+    loss = lc.mel_weight * mel
+    mrstft = jnp.zeros((), jnp.float32)
     if stft_weight:
       mrstft = spectral.multires_stft_loss(
           x, x_hat, tuple(tuple(r) for r in lc.stft_resolutions))
       loss = loss + stft_weight * mrstft
-    g_adv, fm = adversarial_terms(x_hat) if gan else (zero, zero)
-    loss = loss + gate * (lc.disc_weight * g_adv + lc.fm_weight * fm)
-    aux = dict(x_hat=x_hat, mel=mel, mrstft=mrstft, g_adv=g_adv, fm=fm,
-               qout=qout,
-               new_rest=nnx.to_pure_dict(nnx.state(gen, nnx.Not(nnx.Param))),
-               fwd_params=jax.lax.stop_gradient(
-                   nnx.to_pure_dict(nnx.state(gen, nnx.Param))))
-    return loss, aux
+    loss = core.weighted_terms(loss, out.terms, trainer.weights)
+    new_rest, fwd_params = core.model_state(gen)
+    return loss, x_hat, dict(out=out, mel=mel, mrstft=mrstft,
+                             new_rest=new_rest, fwd_params=fwd_params)
 
-  (total, aux), grads = jax.value_and_grad(gen_loss, has_aux=True)(
-      state['gen']['params'])
-  updates, new_gen_opt = trainer.gen_tx.update(grads, state['gen_opt'],
+  grads, aux, adv = core.generator_grads(trainer, state, forward, x)
+  params, gen_opt, ema = core.generator_update(trainer, state, grads,
                                                aux['fwd_params'])
-  new_gen_params = optax.apply_updates(aux['fwd_params'], updates)
-
-  x_fake = jax.lax.stop_gradient(aux['x_hat'])
-
-  def disc_loss(params):
-    disc = trainer.merge_disc(params, state['disc']['rest'])
-    real, _ = disc(x)
-    fake, _ = disc(x_fake)
-    loss = gate * _mean([d_loss_fn(r, f) for r, f in zip(real, fake)])
-    return loss, (_mean([jnp.mean(r.astype(jnp.float32)) for r in real]),
-                  _mean([jnp.mean(f.astype(jnp.float32)) for f in fake]))
-
-  def disc_update(_):
-    (loss, (r, f)), g = jax.value_and_grad(disc_loss, has_aux=True)(
-        state['disc']['params'])
-    upd, opt = trainer.disc_tx.update(g, state['disc_opt'],
-                                      state['disc']['params'])
-    return (optax.apply_updates(state['disc']['params'], upd), opt, loss, r, f,
-            steps_lib._global_norm(g))  # pylint: disable=protected-access
-
-  def disc_skip(_):
-    return (state['disc']['params'], state['disc_opt'], zero, zero, zero,
-            zero)
-
-  new_disc_params, new_disc_opt, d_loss, real_mean, fake_mean, d_norm = (
-      disc_update(None) if gan else disc_skip(None))
-
-  decay = cfg.ema_decay
-  new_ema = (tasks.ema_update(state['ema'], new_gen_params, decay) if decay > 0
-             else {})
-  g_norm = steps_lib._global_norm(grads)  # pylint: disable=protected-access
-  ok = (jnp.all(jnp.isfinite(x)) & jnp.isfinite(total) & jnp.isfinite(d_loss)
-        & jnp.isfinite(g_norm) & jnp.isfinite(d_norm))
-  proposed = {
-      'step': step + 1,
-      'gen': {'params': new_gen_params, 'rest': aux['new_rest']},
-      'gen_opt': new_gen_opt,
-      'disc': {'params': new_disc_params, 'rest': state['disc']['rest']},
-      'disc_opt': new_disc_opt,
-      'ema': new_ema,
-      'rng': state['rng'],
-      'nonfinite_consecutive': jnp.zeros((), jnp.int32),
-      'nonfinite_total': state['nonfinite_total'],
-  }
-  skipped = dict(state, step=step + 1,
-                 nonfinite_consecutive=state['nonfinite_consecutive'] + 1,
-                 nonfinite_total=state['nonfinite_total'] + 1)
-  new_state = steps_lib._tree_where(ok, proposed, skipped)  # pylint: disable=protected-access
-  qout = aux['qout']
-  metrics = {
-      'train/loss': total,
-      'train/recon': aux['mel'],
-      'train/mel': aux['mel'],
-      'train/mrstft': aux['mrstft'],
-      'train/quantizer_loss': qout.loss,
-      'train/g_adv': aux['g_adv'],
-      'train/feature_matching': aux['fm'],
-      'train/d_loss': d_loss,
-      'train/logits_real': real_mean,
-      'train/logits_fake': fake_mean,
-      'train/grad_norm': g_norm,
-      'train/skipped': 1 - ok.astype(jnp.int32),
-      'train/nonfinite_consecutive': new_state['nonfinite_consecutive'],
-  }
-  for k, v in qout.metrics.items():
-    metrics[f'quant/{k}'] = v
-  return new_state, metrics
+  disc = core.discriminator_update(trainer, state, x, aux['x_hat'])
+  ok = core.all_finite(x, adv['total'], disc['loss'], grads, disc['grad_norm'])
+  new_state = core.commit(state, dict(
+      gen={'params': params, 'rest': aux['new_rest']}, gen_opt=gen_opt,
+      ema=ema, **disc['proposed']), ok)
+  out = aux['out']
+  metrics = {'train/loss': adv['total'], 'train/recon': aux['mel'],
+             'train/mel': aux['mel'], 'train/mrstft': aux['mrstft'],
+             'train/feature_matching': adv['fm'],
+             'train/grad_norm': optax.tree.norm(grads),
+             **core.gan_metrics(adv, disc),
+             **{f'train/{k}': v for k, v in out.terms.items()}}
+  return new_state, core.step_metrics(new_state, ok, metrics, out.metrics)
 
 
 # -----------------------------------------------------------------------------
@@ -348,13 +231,10 @@ def spectrogram_picture(x: np.ndarray, x_hat: np.ndarray, sample_rate: int,
 def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
              num_batches: int | None = None):
   """Metrics over the validation split (see module docstring)."""
-  from tokenizers_jax.training.train import batch_sharding, to_global  # pylint: disable=g-import-not-at-top
-  sharding = batch_sharding(mesh)
   replicated = NamedSharding(mesh, P())
   sr = config.data.sample_rate
   batch_size = config.data.eval_batch_size
-  use_ema = use_ema and config.ema_decay > 0
-  params = state['ema'] if use_ema else state['gen']['params']
+  params = core.eval_params(state, config, use_ema)
   model = trainer.merge_gen(params, state['gen']['rest'], copy=False)
   k, levels = model.codebook_size, model.num_codebooks
   hop = model.hop
@@ -363,7 +243,8 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   def step(params, rest, batch):
     gen = trainer.merge_gen(params, rest)
     x, n, m = batch['audio'], batch['length'], batch['mask']
-    x_hat, qout = gen(x, train=False, lengths=n)
+    out = gen(x, train=False, lengths=n)
+    x_hat, qout = out.reconstruction, out.quantizer
     valid = jnp.arange(x.shape[1])[None, :] < n[:, None]
     x_hat = jnp.where(valid, jnp.clip(x_hat.astype(jnp.float32), -1, 1), 0.0)
     per = jnp.stack([audio_metrics.mel_distance(x, x_hat, sr, n),
@@ -379,10 +260,7 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   ds = eval_dataset(config)
   per_all, lens, refs, recs = [], [], [], []
   counts = np.zeros((levels, k))
-  for i, local in enumerate(ds):
-    if num_batches is not None and num_batches >= 0 and i >= num_batches:
-      break
-    batch = to_global(local, sharding, batch_size)
+  for batch in core.eval_batches(config, mesh, ds, batch_size, num_batches):
     per, c, x_hat, x, n, m = jax.device_get(
         step(params, state['gen']['rest'], batch))
     counts += c
@@ -405,9 +283,6 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
         failures += 1
     if compute_stoi:
       stois.append(audio_metrics.stoi(ref, rec, sr))
-  probs = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
-  ent = -np.sum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)),
-                         0), -1)
   bits = audio_metrics.bits_per_token([k] * levels)
   results = {
       'eval/mel_distance': float(per_all[:, 0].mean()),
@@ -416,8 +291,7 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
       'eval/pesq': float(np.mean(pesqs)) if pesqs else float('nan'),
       'eval/stoi': float(np.mean(stois)) if stois else float('nan'),
       'eval/pesq_failures': float(failures),
-      'eval/codebook_usage': float(np.mean((counts > 0).mean(-1))),
-      'eval/perplexity': float(np.mean(np.exp(ent))),
+      **core.codebook_stats(counts),
       'eval/tokens_per_second': sr / hop,
       'eval/bits_per_token': bits,
       'eval/bitrate_bps': audio_metrics.bitrate(sr, hop, [k] * levels),
@@ -430,6 +304,7 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
 
 TASK = tasks.Task(
     name='audio',
+    headline=('train/mel', 'quant/usage'),
     validate_config=validate_config,
     create=create,
     train_step=train_step,

@@ -1,7 +1,8 @@
 """The image task: 2D-grid and 1D image tokenizers on image datasets.
 
-Train state, steps and model registry live in `training/steps.py`; this module
-adds the image data iterator and the evaluation (PSNR, SSIM, codebook usage,
+The trainer (models, train and eval steps on the shared training core) is
+`training/steps.py`; this module adds the image data iterator and the
+evaluation (PSNR, SSIM, codebook usage,
 bicubic baselines at equal bits, perturbed-latent metrics and rFID/pFID when
 local Inception weights are given), and registers them as the 'image' Task.
 """
@@ -19,11 +20,10 @@ import numpy as np
 from tokenizers_jax import data as data_lib
 from tokenizers_jax.evaluators import image as image_metrics
 from tokenizers_jax.quantizers import functional as qf
+from tokenizers_jax.training import core
 from tokenizers_jax.training import metrics as metrics_lib
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import tasks
-from tokenizers_jax.training.train import batch_sharding
-from tokenizers_jax.training.train import to_global
 
 
 def train_iterator(config):
@@ -85,7 +85,6 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   and only get the equal-bits baseline.
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  sharding = batch_sharding(mesh)
   batch_size = config.data.eval_batch_size
   ds = data_lib.make_eval_dataset(
       config.data.source, image_size=config.data.image_size,
@@ -115,94 +114,76 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
                               perturb=perturb, key=key)
     x_hat, idx = out[:2]
     x = batch['image']
-    per_psnr = image_metrics.psnr(x, x_hat)
-    per_ssim = image_metrics.ssim(x, x_hat)
+    # Per-image metrics, each summed over the valid images of the batch.
+    per = {'psnr': image_metrics.psnr(x, x_hat),
+           'ssim': image_metrics.ssim(x, x_hat)}
     if perturb is not None:
-      p_psnr = image_metrics.psnr(x, out[2])
-      p_ssim = image_metrics.ssim(x, out[2])
-    else:
-      p_psnr = p_ssim = jnp.zeros_like(per_psnr)
-    if one_d:  # No downsampling factor: that baseline is not reported.
-      bic_psnr = bic_ssim = jnp.zeros_like(per_psnr)
-    else:
-      factor = x.shape[1] // idx.shape[1]
-      x_bic = image_metrics.bicubic_baseline(x, factor)
-      bic_psnr = image_metrics.psnr(x, x_bic)
-      bic_ssim = image_metrics.ssim(x, x_bic)
+      per['p_psnr'] = image_metrics.psnr(x, out[2])
+      per['p_ssim'] = image_metrics.ssim(x, out[2])
+    if not one_d:  # 1D: no downsampling factor, that baseline is not reported.
+      x_bic = image_metrics.bicubic_baseline(x, x.shape[1] // idx.shape[1])
+      per['bicubic_psnr'] = image_metrics.psnr(x, x_bic)
+      per['bicubic_ssim'] = image_metrics.ssim(x, x_bic)
     codes_per_image = math.prod(idx.shape[1:])
     x_bits = image_metrics.bicubic_at_bits(
         x, codes_per_image * math.log2(codebook_size))
-    bits_psnr = image_metrics.psnr(x, x_bits)
-    bits_ssim = image_metrics.ssim(x, x_bits)
+    per['bicubic_bits_psnr'] = image_metrics.psnr(x, x_bits)
+    per['bicubic_bits_ssim'] = image_metrics.ssim(x, x_bits)
     mask = batch['mask']
     # Token positions: [B, K] (1D tokenizers) or [B, h, w]; then G codes.
     lead = 2 if one_d else 3
     flat = idx.reshape(idx.shape[0], -1,
                        idx.shape[-1] if idx.ndim > lead else 1)
     token_mask = jnp.broadcast_to(mask[:, None], flat.shape[:2])
-    counts = jnp.stack([qf.code_counts(flat[..., g], codebook_size, token_mask)
-                        for g in range(flat.shape[-1])])
     m = mask.astype(jnp.float32)
+    sums = {k: jnp.sum(v * m) for k, v in per.items()}
+    sums['num_images'] = jnp.sum(m)
+    sums['counts'] = jnp.stack([
+        qf.code_counts(flat[..., g], codebook_size, token_mask)
+        for g in range(flat.shape[-1])])
     # The grid images are gathered to every process (replicated), so that
     # each host can read them; the rest of the batch stays where it is.
     k = config.num_grid_images
     grid = jax.lax.with_sharding_constraint((x[:k], x_hat[:k]), replicated)
-    sums = jnp.stack([jnp.sum(v * m) for v in
-                      (per_psnr, per_ssim, jnp.ones_like(m), bic_psnr, bic_ssim,
-                       bits_psnr, bits_ssim, p_psnr, p_ssim)])
     feats = None
     if inc_state is not None:
       feats = [feature_sums(inc_state, v, m) for v in
                ((x, x_hat) if perturb is None else (x, x_hat, out[2]))]
-    return sums, counts, grid, feats
+    return sums, grid, feats
 
   model = trainer.merge_gen(state['gen']['params'], state['gen']['rest'],
                             copy=False)
   codebook_size = model.codebook_size
-  one_d = getattr(model, 'one_dimensional', False)
-  totals = np.zeros(9)
-  counts = None
+  one_d = model.one_dimensional
+  totals = None
   sample = None
   fid_stats = None
-  for i, local in enumerate(ds):
-    if num_batches is not None and num_batches >= 0 and i >= num_batches:
-      break
-    batch = to_global(local, sharding, batch_size)
-    sums, c, grid, feats = step(state, batch, inc_state,
-                                jax.random.fold_in(base_key, i))
-    totals += np.asarray(sums, np.float64)
-    counts = np.asarray(c) if counts is None else counts + np.asarray(c)
+  for i, batch in enumerate(core.eval_batches(config, mesh, ds, batch_size,
+                                              num_batches)):
+    sums, grid, feats = step(state, batch, inc_state,
+                             jax.random.fold_in(base_key, i))
+    totals = core.add_sums(totals, sums)
     if sample is None:
       sample = tuple(np.asarray(jax.device_get(g)) for g in grid)
     if feats is not None:
       from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
       if fid_stats is None:
         fid_stats = [fid_lib.FeatureStats(2048) for _ in feats]
-      n_valid = int(np.asarray(sums)[2])
+      n_valid = int(np.asarray(sums['num_images']))
       for acc, (total, outer) in zip(fid_stats, feats):
         acc.count += n_valid
         acc.total += np.asarray(total, np.float64)
         acc.outer += np.asarray(outer, np.float64)
-  n = max(totals[2], 1)
-  probs = counts / np.maximum(counts.sum(-1, keepdims=True), 1)
-  ent = -np.sum(np.where(probs > 0, probs * np.log(np.maximum(probs, 1e-30)), 0), -1)
-  results = {
-      'eval/psnr': totals[0] / n,
-      'eval/ssim': totals[1] / n,
-      'eval/codebook_usage': float(np.mean((counts > 0).mean(-1))),
-      'eval/perplexity': float(np.mean(np.exp(ent))),
-      'eval/num_images': float(totals[2]),
-      'eval/bicubic_psnr': totals[3] / n,
-      'eval/bicubic_ssim': totals[4] / n,
-      'eval/bicubic_bits_psnr': totals[5] / n,
-      'eval/bicubic_bits_ssim': totals[6] / n,
-      'eval/bits_per_image': float(counts.sum() / n * math.log2(codebook_size)),
-  }
-  if one_d:
-    del results['eval/bicubic_psnr'], results['eval/bicubic_ssim']
-  if perturb is not None:
-    results['eval/p_psnr'] = totals[7] / n
-    results['eval/p_ssim'] = totals[8] / n
+  if totals is None:
+    raise ValueError('evaluation saw no images (empty validation split?)')
+  counts = totals.pop('counts')
+  num_images = float(totals.pop('num_images'))
+  n = max(num_images, 1)
+  results = {f'eval/{k}': float(v / n) for k, v in totals.items()}
+  results.update(core.codebook_stats(counts))
+  results['eval/num_images'] = num_images
+  results['eval/bits_per_image'] = float(
+      counts.sum() / n * math.log2(codebook_size))
   if fid_stats is not None:
     from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
     results['eval/rfid'] = fid_lib.fid_from_features(fid_stats[0], fid_stats[1])
@@ -215,6 +196,7 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
 
 TASK = tasks.Task(
     name='image',
+    headline=('train/recon', 'quant/usage'),
     validate_config=steps_lib.validate_config,
     create=steps_lib.create,
     train_step=steps_lib.train_step,

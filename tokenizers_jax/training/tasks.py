@@ -7,27 +7,31 @@ iterator, exact resume) and asks the task to evaluate. A task is chosen by
 `config.task` ('image' when absent):
 
   task = tasks.get_task(config)
-  task.validate_config(config)
+  task.validate_config(config)              # once, before anything is built
   trainer, state, shardings = task.create(config, mesh)
   it = task.train_iterator(config)          # checkpointable grain iterator
   state, metrics = task.train_step(trainer, state, global_batch)   # pure
-  results, image = task.evaluate(trainer, state, config, mesh,
-                                 use_ema=True, num_batches=None)
+  results, picture = task.evaluate(trainer, state, config, mesh,
+                                   use_ema=True, num_batches=None)
 
-Conventions every task keeps, so that checkpoints, EMA and
-`models.tokenizer.Tokenizer.from_workdir` work unchanged:
-  * `state` is a pytree of arrays with `state['step']` (int32 scalar),
-    `state['gen'] = {'params', 'rest'}` (the tokenizer's nnx pure dicts),
-    `state['ema']` (EMA of the tokenizer params, or {} when
-    `config.ema_decay == 0`) and the non-finite counters
-    `state['nonfinite_consecutive']`, `state['nonfinite_total']`;
-  * `trainer.merge_gen(params, rest, copy=True)` rebuilds the tokenizer;
+A task supplies only what is its own: its losses (on top of the model's
+named terms, `models/base.py`), its discriminator if any, its data and its
+metrics. The state builder, the guarded commit, EMA, the GAN alternation and
+the eval loop are the shared core's (`training/core.py`), which also fixes
+the state layout that checkpoints, EMA, `init_from` and
+`models.tokenizer.Tokenizer.from_workdir` rely on. Conventions:
   * metrics contain `train/loss` and `train/nonfinite_consecutive`
-    (`train/recon` and `quant/usage` are logged when present);
+    (`core.step_metrics`); the loop prints `train/loss` and the task's
+    `headline` metrics at every log step;
   * `evaluate` returns (dict of python floats keyed 'eval/...', an optional
-    uint8 [H, W, 3] picture of reconstructions for TensorBoard, or None);
+    uint8 [H, W, 3] picture for TensorBoard, or None);
   * batches are dicts of numpy arrays, leading axis the per-process batch
     (global_batch_size / process_count).
+
+Adding a modality: a model registered in `models/registry.py` that keeps
+the contract of `models/base.py`, a data pipeline, and a task module
+(validate_config, create = `core.build_state(...)`, train_step, evaluate)
+named in `_TASKS` below.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ class Task:
   train_step: Callable[..., tuple]
   train_iterator: Callable[[Any], Any]
   evaluate: Callable[..., tuple]
+  # Metric keys the loop prints after train/loss (when present).
+  headline: tuple[str, ...] = ()
   # Logged after each evaluation when it returns a string (e.g. why a metric
   # that needs local weights was not computed).
   eval_note: Callable[[Any], str | None] = lambda config: None
@@ -116,12 +122,3 @@ def check_batch_fits_mesh(config, keys=('global_batch_size',)) -> None:
     req(b % jax.process_count() == 0, f'data.{key}',
         f'{b} is not divisible by the number of processes '
         f'{jax.process_count()}')
-
-
-def ema_update(ema, params, decay: float):
-  """EMA of parameter trees, e + (1 - decay)(p - e): the usual average,
-  written so that a parameter equal to its EMA (a frozen one) keeps it
-  exactly."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  return jax.tree.map(
-      lambda e, p: e + jnp.asarray(1 - decay, e.dtype) * (p - e), ema, params)

@@ -13,18 +13,17 @@ mesh of simulated devices, a GPU, or several processes after
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from absl import logging
 import jax
-from jax.sharding import NamedSharding, PartitionSpec as P
 import ml_collections
-import numpy as np
 
+from tokenizers_jax import config_lib
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.training import checkpoint as ckpt_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import metrics as metrics_lib
 from tokenizers_jax.training import tasks
 
@@ -42,18 +41,9 @@ def make_mesh(config) -> jax.sharding.Mesh:
   return sharding_lib.make_mesh(tuple(config.mesh.shape), tuple(config.mesh.axes))
 
 
-def batch_sharding(mesh) -> NamedSharding:
-  data_axes = tuple(a for a in ('data', 'fsdp') if a in mesh.axis_names)
-  return NamedSharding(mesh, P(data_axes))
-
-
-def to_global(local_batch: dict, sharding: NamedSharding, global_batch: int):
-  out = {}
-  for k, v in local_batch.items():
-    v = np.asarray(v)
-    out[k] = jax.make_array_from_process_local_data(
-        sharding, v, (global_batch,) + v.shape[1:])
-  return out
+batch_sharding = core.batch_sharding
+to_global = core.to_global
+load_config = config_lib.load_workdir_config
 
 
 def write_config(config, workdir: str) -> None:
@@ -66,21 +56,14 @@ def write_config(config, workdir: str) -> None:
     os.replace(tmp, path)
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, 'config.json')
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: is {workdir} a training workdir?')
-  with open(path) as f:
-    raw = json.load(f)
-  return ml_collections.ConfigDict(_tuplify(raw))
-
-
-def _tuplify(x):
-  if isinstance(x, dict):
-    return {k: _tuplify(v) for k, v in x.items()}
-  if isinstance(x, list):
-    return tuple(_tuplify(v) for v in x)
-  return x
+def _log_line(done: int, end: int, host: dict, headline, rate: float) -> str:
+  parts = [f'step {done}/{end}', f'loss {host["train/loss"]:.4f}']
+  for key in headline:
+    if key in host:
+      parts.append(f'{key.split("/", 1)[-1]} {host[key]:.4f}')
+  eta = (end - done) / max(rate, 1e-9)
+  parts.append(f'{rate:.2f} steps/s  ETA {eta:.0f}s')
+  return '  '.join(parts)
 
 
 # ============================================================================
@@ -99,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer = metrics_lib.MetricWriter(workdir)
   with jax.set_mesh(mesh):
     trainer, state, state_sh = task.create(config, mesh)
-    data_sh = batch_sharding(mesh)
+    data_sh = batch_sharding(mesh, config)
     it = task.train_iterator(config)
     mgr = ckpt_lib.manager(workdir, config.keep_checkpoints)
     restored, start = ckpt_lib.restore(mgr, state, it)
@@ -138,13 +121,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         now = time.time()
         rate = (done - last_step) / max(now - t_last, 1e-9)
         host['train/steps_per_sec'] = rate
-        eta = (end - done) / max(rate, 1e-9)
         writer.write_scalars(done, host)
         history.append(dict(host, step=done))
-        logging.info('step %d/%d  loss %.4f  recon %.4f  usage %.3f  '
-                     '%.2f steps/s  ETA %.0fs', done, end, host['train/loss'],
-                     host.get('train/recon', float('nan')),
-                     host.get('quant/usage', float('nan')), rate, eta)
+        logging.info('%s', _log_line(done, end, host, task.headline, rate))
         t_last, last_step = now, done
       if done % config.eval_every == 0 or done == end:
         final, picture = task.evaluate(trainer, state, config, mesh,
@@ -171,6 +150,9 @@ def evaluate_workdir(workdir: str, *, use_ema: bool = True,
   """Evaluates the latest checkpoint of `workdir` on the validation split."""
   config = load_config(workdir)
   task = tasks.get_task(config)
+  task.validate_config(config)
+  with config.unlocked():
+    config.init_from = None  # The checkpoint holds every weight.
   mesh = make_mesh(config)
   with jax.set_mesh(mesh):
     trainer, state, _ = task.create(config, mesh)
