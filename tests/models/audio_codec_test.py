@@ -93,9 +93,9 @@ class AudioCodecTest(absltest.TestCase):
 
     @nnx.jit
     def run(c, x):
-      y, out = c(x, train=False)
+      out = c(x, train=False)
       ids = c.encode(x)
-      return y, out.indices, ids, c.decode(ids)
+      return out.reconstruction, out.quantizer.indices, ids, c.decode(ids)
 
     y, idx, ids, dec = run(codec, X)
     t = 320 // 8

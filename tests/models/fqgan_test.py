@@ -36,6 +36,14 @@ def _build(num_factors=2, teachers=None, **kw):
       rngs=nnx.Rngs(jax.random.key(0, impl='rbg')), **kw)
 
 
+def _call(m, x, **kw):
+  """(reconstruction, QuantizerOutput, quantizer + 0.5 semantic loss: the
+  paper's weighting, as configs/fqgan.py sets it)."""
+  out = m(x, **kw)
+  return (out.reconstruction, out.quantizer,
+          out.terms['quantizer'] + 0.5 * out.terms['semantic'])
+
+
 def _images(seed=0):
   rng = np.random.default_rng(seed)
   return jnp.asarray(rng.uniform(-1, 1, (B, 16, 16, 3)).astype(np.float32))
@@ -49,19 +57,21 @@ def dual():
 
   def run(state, x):
     m = nnx.merge(graph, state)
-    x_hat, qout = m(x, train=False)
+    x_hat, qout, loss = _call(m, x, train=False)
     # Hooks: identity re-decode of the indices, and head 0 zeroed.
-    same, _ = m(x, quantizer_hook=lambda q, o: q.decode(o.indices))
-    zero0, qz = m(x, quantizer_hook=lambda q, o: o.quantized.at[..., :C].set(0))
+    same = m(x, quantizer_hook=lambda q, o: q.decode(o.indices)).reconstruction
+    zero0, _, hooked = _call(
+        m, x, quantizer_hook=lambda q, o: o.quantized.at[..., :C].set(0))
     ids = m.encode(x)
     # pFID-style perturbation through the hook (every code of every sample).
     key = jax.random.key(5)
     pert = lambda q, o: perturbation.perturb_output(
         q, o, key, alpha=1.0, beta=1.0, delta=3)[0]
-    x_pert, _ = m(x, quantizer_hook=lambda q, o: pert(q, o).quantized)
+    x_pert = m(x, quantizer_hook=lambda q, o: pert(q, o).quantized
+               ).reconstruction
     new_ids = pert(m.quantizer, qout).indices
-    return (x_hat, qout, same, zero0, qz.loss, ids, m.decode(ids), x_pert,
-            new_ids, m.decode(new_ids))
+    return (x_hat, qout, same, zero0, hooked, loss, ids, m.decode(ids),
+            x_pert, new_ids, m.decode(new_ids))
 
   outs = jax.jit(run)(state, x)
   return model, x, outs
@@ -72,7 +82,7 @@ def _l2n(a):
 
 
 def test_shapes_round_trip_and_hook(dual):
-  model, x, (x_hat, qout, same, zero0, hooked_loss, ids, dec, *_) = dual
+  model, x, (x_hat, qout, same, zero0, hooked_loss, loss, ids, dec, *_) = dual
   assert x_hat.shape == x.shape
   assert ids.shape == (B, 8, 8, 2) and ids.dtype == jnp.int32
   assert model.token_shape(x.shape) == (B, 8, 8, 2)
@@ -82,7 +92,7 @@ def test_shapes_round_trip_and_hook(dual):
   np.testing.assert_allclose(dec, x_hat, atol=1e-5, rtol=1e-5)
   np.testing.assert_allclose(same, x_hat, atol=1e-5, rtol=1e-5)
   assert not np.allclose(zero0, x_hat, atol=1e-3)
-  np.testing.assert_allclose(hooked_loss, qout.loss, rtol=1e-6)
+  np.testing.assert_allclose(hooked_loss, loss, rtol=1e-6)
   for k in ('usage', 'perplexity', 'usage/0', 'usage/1', 'perplexity/0',
             'perplexity/1', 'entropy/1', 'disentanglement', 'semantic',
             'semantic/1', 'vq_loss'):
@@ -106,15 +116,16 @@ def test_latent_perturbation_hook(dual):
 
 
 def test_loss_terms_match_numpy(dual):
-  _, _, (_, qout, *_) = dual
+  _, _, (_, qout, _, _, _, loss, *_) = dual
   q = np.asarray(qout.quantized, np.float64).reshape(-1, 2 * C)
   q0, q1 = _l2n(q[:, :C]), _l2n(q[:, C:])
   dis = np.mean(np.sum(q0 * q1, axis=-1) ** 2)
   m = qout.metrics
   np.testing.assert_allclose(m['disentanglement'], dis, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(m['semantic'], m['semantic/1'], rtol=1e-6)
+  np.testing.assert_allclose(qout.loss, m['vq_loss'] + 0.1 * dis, rtol=1e-5)
   want = m['vq_loss'] + 0.1 * dis + 0.5 * m['semantic']
-  np.testing.assert_allclose(qout.loss, want, rtol=1e-5)
+  np.testing.assert_allclose(loss, want, rtol=1e-5)
   # Each head's VQ loss: 0.25 commitment + codebook + 0.03 entropy.
   vq = sum(0.25 * m[f'commitment/{i}'] + m[f'codebook/{i}'] +
            0.03 * m[f'entropy/{i}'] for i in range(2))
@@ -172,8 +183,7 @@ def test_semantic_gradient_reaches_head_and_not_teacher(dual):
 
   def semantic(params, frozen):
     m = nnx.merge(graph, params, frozen, rest, copy=True)
-    _, qout = m(x, train=True)
-    return qout.metrics['semantic']
+    return m(x, train=True).terms['semantic']
 
   g_params, g_frozen = jax.jit(jax.grad(semantic, argnums=(0, 1)))(params,
                                                                    frozen)
@@ -201,7 +211,8 @@ def test_triple_with_two_teachers():
     m = nnx.merge(graph, s, copy=True)
     return m(x, train=True, step=jnp.int32(3), rng=jax.random.key(0))
 
-  x_hat, qout = fwd(state, x)
+  out = fwd(state, x)
+  x_hat, qout = out.reconstruction, out.quantizer
   assert x_hat.shape == x.shape
   assert qout.indices.shape == (B, 8, 8, 3)
   m = qout.metrics
@@ -234,8 +245,8 @@ def test_training_reduces_loss():
   def step(params, rest, opt):
     def loss_fn(p):
       m = nnx.merge(graph, p, rest, copy=True)
-      x_hat, qout = m(x, train=True)
-      total = jnp.mean(jnp.square(x_hat - x)) + qout.loss
+      x_hat, qout, loss = _call(m, x, train=True)
+      total = jnp.mean(jnp.square(x_hat - x)) + loss
       return total, (nnx.state(m, nnx.Not(nnx.Param)), qout.metrics)
 
     (loss, (new_rest, metrics)), g = jax.value_and_grad(
@@ -277,12 +288,12 @@ def test_entropy_loss_finite_gradients_and_matches_numpy():
   def run(params):
     def loss_fn(p):
       m = nnx.merge(graph, p, rest, copy=True)
-      x_hat, qout = m(x, train=True)
-      return jnp.mean(jnp.square(x_hat - x)) + qout.loss
+      x_hat, _, loss = _call(m, x, train=True)
+      return jnp.mean(jnp.square(x_hat - x)) + loss
 
     grads = jax.grad(loss_fn)(params)
     m = nnx.merge(graph, params, rest, copy=True)
-    _, qout = m(x)
+    qout = m(x).quantizer
     return (grads, qout.metrics, m.encode_latents(x),
             [q.codebook[...] for q in m.quantizers])
 

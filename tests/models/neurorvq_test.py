@@ -120,17 +120,19 @@ def test_forward_tokens_code_loss_and_decode(model_and_fns):
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.normal(size=(2, 3, 3 * PATCH)).astype(np.float32))
   mask = jnp.ones((2, 3), bool)
-  (x_hat, out, terms), _ = forward(state, x, mask, False)
+  out, _ = forward(state, x, mask, False)
+  x_hat, terms = out.reconstruction, out.terms
   assert x_hat.shape == x.shape
-  ids = out['indices']
+  ids = out.quantizer.indices
   assert ids.shape == (2, 3, 3, 4, 2) and ids.dtype == jnp.int32  # G=4, Q=2
   assert int(ids.min()) >= 0 and int(ids.max()) < 16
   # L_code = sum over branches of the per-level mean quantizer loss.
-  code = sum(float(o.loss) for o in out['quantizer']) / 2
-  np.testing.assert_allclose(float(terms['code']), code, rtol=1e-6)
+  code = sum(float(o.loss) for o in out.aux['quantizers']) / 2
+  np.testing.assert_allclose(float(terms['quantizer']), code, rtol=1e-6)
+  m = out.metrics
   np.testing.assert_allclose(
-      float(terms['loss']), code + float(terms['amplitude'] + terms['phase']
-                                         + terms['signal']), rtol=1e-5)
+      float(terms['eeg']), float(m['amplitude'] + m['phase'] + m['signal']),
+      rtol=1e-5)
   ids2, stats, x_rec = encode_decode(state, x, mask)
   np.testing.assert_array_equal(ids2, ids)
   np.testing.assert_allclose(x_rec, x_hat, atol=1e-5)
@@ -144,9 +146,11 @@ def test_mask_excludes_padding(model_and_fns):
   y = x.copy()
   y[1, :, 2 * PATCH:] = 50.0  # Padding content must not matter.
   mask = jnp.array([[True, True, True], [True, True, False]])
-  (xh1, _, t1), _ = forward(state, jnp.asarray(x), mask, False)
-  (xh2, _, t2), _ = forward(state, jnp.asarray(y), mask, False)
-  for k in ('loss', 'amplitude', 'phase', 'signal', 'code'):
+  o1, _ = forward(state, jnp.asarray(x), mask, False)
+  o2, _ = forward(state, jnp.asarray(y), mask, False)
+  xh1, xh2 = o1.reconstruction, o2.reconstruction
+  t1, t2 = dict(o1.terms, **o1.metrics), dict(o2.terms, **o2.metrics)
+  for k in ('eeg', 'amplitude', 'phase', 'signal', 'quantizer'):
     np.testing.assert_allclose(float(t1[k]), float(t2[k]), rtol=1e-5,
                                err_msg=k)
   np.testing.assert_allclose(xh1[:, :, :2 * PATCH], xh2[:, :, :2 * PATCH],

@@ -15,7 +15,7 @@ from scipy import stats
 from tokenizers_jax import config_lib
 from tokenizers_jax.models import teachers
 from tokenizers_jax.models import titok
-from tokenizers_jax.training import steps as steps_lib
+from tokenizers_jax.models import registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 K = 6
@@ -77,9 +77,10 @@ def test_variable_length_encode_decode(model):
   with pytest.raises(ValueError, match=r'expects images \[B, 8, 8, 3\]'):
     model.encode(jnp.zeros((2, 16, 16, 3)))
   # Train mode with an rng draws k and reports it.
-  _, out, extra = nnx.jit(lambda m, x: m(x, train=True,
-                                         rng=jax.random.PRNGKey(0)))(model, x)
-  assert 1 <= float(out.metrics['tokens_kept']) <= K and extra == {}
+  out = nnx.jit(lambda m, x: m(x, train=True,
+                                rng=jax.random.PRNGKey(0)))(model, x)
+  assert 1 <= float(out.metrics['tokens_kept']) <= K
+  assert set(out.terms) == {'quantizer'} == set(model.loss_terms)
 
 
 def test_proxy_codes_against_a_frozen_vqgan():
@@ -88,7 +89,7 @@ def test_proxy_codes_against_a_frozen_vqgan():
   proxy loss lowers it."""
   config = config_lib.load_config_file(
       os.path.join(REPO, 'configs', 'vqgan.py') + ':test')
-  vq = steps_lib.MODELS['vqgan'](config, nnx.Rngs(1))  # 16², f=2: 8x8 codes
+  vq = registry.build_model(config, seed=1)  # 16², f=2: 8x8 codes
   with pytest.raises(ValueError, match='do not match the patch grid'):
     titok.TiTok(image_size=16, patch_size=4, num_tokens=4, width=16,
                 encoder_depth=1, decoder_depth=1, num_heads=2, embed_dim=4,
@@ -110,10 +111,10 @@ def test_proxy_codes_against_a_frozen_vqgan():
   @nnx.jit
   def step(m, opt, x):
     def loss_fn(m):
-      _, out, extra = m(x, train=True, rng=key)
-      logits = m.head(m.decode_features(out.quantized))
-      return extra['proxy_ce'] + out.loss, (extra['proxy_ce'], logits,
-                                            m.teacher.encode(x))
+      out = m(x, train=True, rng=key)
+      logits = m.head(m.decode_features(out.quantizer.quantized))
+      ce = out.terms['proxy_ce']
+      return ce + out.terms['quantizer'], (ce, logits, m.teacher.encode(x))
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(m)
     opt.update(m, grads)
     return aux

@@ -113,7 +113,7 @@ def test_tokenizer_from_workdir(run):
   x = np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in (220.0, 330.0)])
   ids = tok.encode(x.astype(np.float32))
   assert ids.shape[:2] == (2, 20)
-  want, _ = tok.model(jnp.asarray(x, jnp.float32), train=False)
+  want = tok.model(jnp.asarray(x, jnp.float32), train=False).reconstruction
   np.testing.assert_allclose(np.asarray(tok.decode(ids)),
                              np.clip(np.asarray(want), -1, 1), atol=1e-5)
   with pytest.raises(ValueError, match=r'waveforms \[B, N\]'):

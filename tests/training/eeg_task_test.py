@@ -140,7 +140,7 @@ def test_tokenizer_from_workdir(trained):
   x = 3.0 * np.random.default_rng(0).normal(size=(2, c, n)).astype(np.float32)
   ids, stats = tok.encode_with_stats(x)
   assert ids.shape[:3] == (2, c, config.data.num_patches)
-  want = tok.model(x, train=False)[0]
+  want = tok.model(x, train=False).reconstruction
   got = np.asarray(tok.decode(ids, stats))
   np.testing.assert_allclose(got, np.asarray(want), rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match=r'EEG \[B, C, N\]'):

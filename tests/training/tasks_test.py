@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from tokenizers_jax import config_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import tasks
 
 
@@ -13,12 +14,12 @@ def test_ema_update_formula_and_exact_when_equal():
   rng = np.random.default_rng(0)
   e = {'w': rng.normal(size=(64,)).astype(np.float32)}
   p = {'w': rng.normal(size=(64,)).astype(np.float32)}
-  got = np.asarray(tasks.ema_update(e, p, 0.99)['w'], np.float64)
+  got = np.asarray(core.ema_update(e, p, 0.99)['w'], np.float64)
   want = 0.99 * e['w'].astype(np.float64) + 0.01 * p['w'].astype(np.float64)
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
   # A parameter equal to its EMA (frozen) keeps it bitwise, for any decay.
   for decay in (0.9, 0.999, 0.9999):
-    np.testing.assert_array_equal(tasks.ema_update(e, e, decay)['w'], e['w'])
+    np.testing.assert_array_equal(core.ema_update(e, e, decay)['w'], e['w'])
 
 
 def _config(batch, shape):

@@ -23,6 +23,7 @@ import pytest
 
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.training import checkpoint as ckpt_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import image_task
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import train as train_lib
@@ -114,18 +115,19 @@ def test_adaptive_weight_and_gradient_match_taming(single_device_trainer):
 
   def losses_of(params):
     gen = trainer.merge_gen(params, state['gen']['rest'])
-    x_hat, qout = gen(x, train=True)
+    out = gen(x, train=True)
+    x_hat = out.reconstruction
     nll = jnp.mean(jnp.abs(x - x_hat))
     disc = trainer.merge_disc(state['disc']['params'], state['disc']['rest'])
     g = -jnp.mean(disc(x_hat, train=True))
-    return nll, qout.loss, g
+    return nll, out.terms['quantizer'], g
 
   with jax.set_mesh(mesh):
     _, metrics = step(state, batch)
     g_nll = jax.jit(jax.grad(lambda p: losses_of(p)[0]))(state['gen']['params'])
     g_main = jax.jit(jax.grad(lambda p: sum(losses_of(p)[:2])))(state['gen']['params'])
     g_adv = jax.jit(jax.grad(lambda p: losses_of(p)[2]))(state['gen']['params'])
-  last = lambda t: np.asarray(steps_lib._get(t, trainer.last_layer_path))  # pylint: disable=protected-access
+  last = lambda t: np.asarray(core.get_path(t, trainer.last_layer_path))
   weight = (config.loss.disc_weight * np.linalg.norm(last(g_nll))
             / (np.linalg.norm(last(g_adv)) + 1e-4))
   np.testing.assert_allclose(metrics['train/g_weight'], weight, rtol=1e-4)

@@ -65,6 +65,9 @@ def validate_config(config) -> None:
   req(config.total_steps > 0, 'total_steps', 'must be positive')
 
 
+build_model = registry.build_model
+
+
 def create(config, mesh):
   """(trainer, state on the mesh, state shardings)."""
   return core.build_state(config, mesh, registry.build_model(config))
