@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from tokenizers_jax.losses import spectral
+from tokenizers_jax.nn import attention
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -219,13 +220,10 @@ class AttnBlock(nnx.Module):
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     h = self.norm(x).astype(x.dtype)
-    q, k, v = jnp.split(self.qkv(h), 3, axis=-1)
-    logits = jnp.einsum('btd,bsd->bts', q, k).astype(jnp.float32)
-    logits = logits / math.sqrt(q.shape[-1])
-    if mask is not None:
-      logits = jnp.where(mask[:, None, :], logits, -1e9)
-    w = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return x + self.proj(jnp.einsum('bts,bsd->btd', w, v))
+    q, k, v = attention.split_fused_qkv(self.qkv(h), 1)
+    key_mask = None if mask is None else mask[:, None, :]
+    out = attention.dot_product_attention(q, k, v, mask=key_mask)
+    return x + self.proj(out[..., 0, :])
 
 
 class ConvNeXtBlock(nnx.Module):

@@ -33,6 +33,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
+from tokenizers_jax.nn import attention
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -132,39 +133,29 @@ class TemporalBranch(nnx.Module):
     return h.reshape(h.shape[0], -1)
 
 
-class Block(nnx.Module):
-  """Pre-LN transformer block with qk-norm and a key padding mask."""
+class Block(attention.Attention):
+  """Pre-LN transformer block with qk-norm and a key padding mask.
+
+  The block is its own attention (`nn.attention.Attention` with a fused
+  `qkv`, LayerNorm `q_norm`/`k_norm` per head, `proj`), so those weights sit
+  at the block's top level.
+  """
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    if width % num_heads:
-      raise ValueError(f'width {width} is not divisible by num_heads '
-                       f'{num_heads}')
     kw = dict(dtype=dtype, rngs=rngs)
-    hd = width // num_heads
-    self.num_heads = num_heads
     self.norm1 = _norm(width, **kw)
-    self.qkv = _linear(width, 3 * width, ('embed', 'heads'), **kw)
-    self.q_norm = nnx.LayerNorm(hd, epsilon=LN_EPS, dtype=dtype, rngs=rngs)
-    self.k_norm = nnx.LayerNorm(hd, epsilon=LN_EPS, dtype=dtype, rngs=rngs)
-    self.proj = _linear(width, width, ('heads', 'embed'), **kw)
+    super().__init__(width, num_heads, qk_norm='layer', norm_epsilon=LN_EPS,
+                     kernel_init=nnx.initializers.truncated_normal(0.02),
+                     **kw)  # qkv, q_norm, k_norm, proj.
     self.norm2 = _norm(width, **kw)
     self.fc1 = _linear(width, int(width * mlp_ratio), ('embed', 'mlp'), **kw)
     self.fc2 = _linear(int(width * mlp_ratio), width, ('mlp', 'embed'), **kw)
 
   def __call__(self, x: Array, key_mask: Array | None = None) -> Array:
     """x [B, L, D], key_mask bool [B, L] (False: padding) -> [B, L, D]."""
-    b, n, d = x.shape
-    h = self.num_heads
-    q, k, v = (t.reshape(b, n, h, d // h)
-               for t in jnp.split(self.qkv(self.norm1(x)), 3, axis=-1))
-    q, k = self.q_norm(q), self.k_norm(k)
-    s = jnp.einsum('bqhc,bkhc->bhqk', q, k,
-                   preferred_element_type=jnp.float32) * (d // h) ** -0.5
-    if key_mask is not None:
-      s = jnp.where(key_mask[:, None, None, :], s, -1e30)
-    p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    x = x + self.proj(jnp.einsum('bhqk,bkhc->bqhc', p, v).reshape(b, n, d))
+    mask = None if key_mask is None else key_mask[:, None, :]
+    x = x + super().__call__(self.norm1(x), mask)
     return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
 
 

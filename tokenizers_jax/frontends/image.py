@@ -33,6 +33,7 @@ from flax import nnx
 
 from tokenizers_jax.frontends.common import (
     DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin)
+from tokenizers_jax.nn import attention
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -103,7 +104,8 @@ class ResnetBlock(nnx.Module):
 class AttnBlock(nnx.Module):
   """Single-head spatial self-attention with 1x1 q/k/v/out projections.
 
-  Scores and softmax run in fp32 whatever the compute dtype.
+  Attention is `nn.attention.dot_product_attention` (one head of width D):
+  scores and softmax run in fp32 whatever the compute dtype.
   """
 
   def __init__(self, channels: int, *, num_groups: int = 32,
@@ -120,13 +122,9 @@ class AttnBlock(nnx.Module):
     """[B, h, w, D] -> [B, h, w, D]."""
     b, hh, ww, d = x.shape
     h = self.norm(x)
-    q = self.q(h).reshape(b, hh * ww, d)
-    k = self.k(h).reshape(b, hh * ww, d)
-    v = self.v(h).reshape(b, hh * ww, d)
-    scores = jnp.einsum('bnd,bmd->bnm', q, k,
-                        preferred_element_type=jnp.float32) * (d ** -0.5)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum('bnm,bmd->bnd', probs, v).reshape(b, hh, ww, d)
+    q, k, v = (proj(h).reshape(b, hh * ww, 1, d)
+               for proj in (self.q, self.k, self.v))
+    out = attention.dot_product_attention(q, k, v).reshape(b, hh, ww, d)
     return x + self.proj_out(out)
 
 

@@ -39,6 +39,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenizers_jax.nn import attention
 from tokenizers_jax.nn import weights
 # `teachers.Frozen` is the shared frozen-weight type (same class).
 from tokenizers_jax.nn.weights import Frozen
@@ -228,14 +229,10 @@ class ViTBlock(nnx.Module):
                dtype: Dtype) -> Array:
     """[B, N, D] -> [B, N, D]."""
     b, n, d = x.shape
-    hd = d // num_heads
     h = _layer_norm(x, self.norm1_scale, self.norm1_bias, eps)
     qkv = h @ _w(self.qkv_kernel, dtype) + _w(self.qkv_bias, dtype)
-    q, k, v = (t.reshape(b, n, num_heads, hd) for t in jnp.split(qkv, 3, -1))
-    scores = jnp.einsum('bqhc,bkhc->bhqk', q, k,
-                        preferred_element_type=jnp.float32) * hd ** -0.5
-    probs = jax.nn.softmax(scores, axis=-1).astype(dtype)
-    attn = jnp.einsum('bhqk,bkhc->bqhc', probs, v).reshape(b, n, d)
+    q, k, v = attention.split_fused_qkv(qkv, num_heads)
+    attn = attention.dot_product_attention(q, k, v).reshape(b, n, d)
     x = x + attn @ _w(self.proj_kernel, dtype) + _w(self.proj_bias, dtype)
     h = _layer_norm(x, self.norm2_scale, self.norm2_bias, eps)
     h = act(h @ _w(self.fc1_kernel, dtype) + _w(self.fc1_bias, dtype))

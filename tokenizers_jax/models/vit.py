@@ -1,7 +1,8 @@
 """Transformer pieces shared by the 1D image tokenizers (TiTok, FlexTok).
 
   Attention        multi-head self-attention with an optional boolean mask
-                   (True = the query may attend to the key).
+                   (True = the query may attend to the key); the shared
+                   `tokenizers_jax.nn.attention.Attention`, re-exported.
   Mlp              two linears with GELU.
   Block            pre-LN block: x + attn(LN(x)), x + mlp(LN(x)).
   AdaLNZeroBlock   DiT's block: LayerNorm without affine, shift/scale/gate
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from tokenizers_jax.nn.attention import Attention
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -58,40 +60,6 @@ def layer_norm(width: int, *, affine: bool = True, dtype: Dtype = jnp.float32,
                        use_scale=affine, rngs=rngs,
                        scale_metadata=logical('embed'),
                        bias_metadata=logical('embed'))
-
-
-class Attention(nnx.Module):
-  """Multi-head self-attention: [B, N, D] -> [B, N, D].
-
-  `mask`: boolean, broadcastable to [B, Nq, Nk] ([Nq, Nk] or [B, Nq, Nk]);
-  True where query i may attend to key j. Every query must keep at least one
-  key.
-  """
-
-  def __init__(self, width: int, num_heads: int, *, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
-    if width % num_heads:
-      raise ValueError(f'width {width} is not divisible by num_heads '
-                       f'{num_heads}')
-    self.num_heads = num_heads
-    self.qkv = linear(width, 3 * width, ('embed', 'heads'), dtype=dtype,
-                      rngs=rngs)
-    self.proj = linear(width, width, ('heads', 'embed'), dtype=dtype,
-                       rngs=rngs)
-
-  def __call__(self, x: Array, mask: Array | None = None) -> Array:
-    b, n, d = x.shape
-    nh = self.num_heads
-    q, k, v = (t.reshape(b, n, nh, d // nh)
-               for t in jnp.split(self.qkv(x), 3, axis=-1))
-    scores = jnp.einsum('bqhc,bkhc->bhqk', q, k,
-                        preferred_element_type=jnp.float32) * (d // nh) ** -0.5
-    if mask is not None:
-      if mask.ndim == 2:
-        mask = mask[None]
-      scores = jnp.where(mask[:, None], scores, -1e30)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    return self.proj(jnp.einsum('bhqk,bkhc->bqhc', probs, v).reshape(b, n, d))
 
 
 class Mlp(nnx.Module):
