@@ -76,7 +76,8 @@ class LoadStateDictTest(absltest.TestCase):
     self._check(weights.load_state_dict(path))
 
   def test_safetensors(self):
-    from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+    # pylint: disable-next=g-import-not-at-top
+    from safetensors.numpy import save_file
     path = os.path.join(self.dir, 'w.safetensors')
     save_file(self.state, path)
     self._check(weights.load_state_dict(path))

@@ -54,6 +54,7 @@ from tokenizers_jax.frontends.image import ImageDecoder
 from tokenizers_jax.frontends.image import ImageEncoder
 from tokenizers_jax.models import base as model_base
 from tokenizers_jax.models import teachers as teachers_lib
+from tokenizers_jax.nn import attention
 from tokenizers_jax.quantizers import base as qbase
 from tokenizers_jax.quantizers import fq as fq_lib
 from tokenizers_jax.quantizers import functional as qf
@@ -139,39 +140,27 @@ def _layer_norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
                        bias_metadata=qbase.logical('embed'))
 
 
-class TransformerBlock(nnx.Module):
+class TransformerBlock(attention.Attention):
   """Pre-LN block: x + MHA(LN(x)), then x + MLP(LN(x)) (GELU).
 
-  The q/k/v projection is fused ([q | k | v], head-major); scores and softmax
-  run in fp32.
+  The block is its own attention (`nn.attention.Attention`: fused [q | k | v]
+  projection, head-major; scores and softmax in fp32), so `qkv` and `proj`
+  sit at the block's top level next to `norm1`, `norm2`, `fc1` and `fc2`.
   """
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    if width % num_heads:
-      raise ValueError(f'transformer width {width} is not divisible by '
-                       f'num_heads {num_heads}.')
     hidden = max(int(round(width * mlp_ratio)), 1)
     kw = dict(dtype=dtype, rngs=rngs)
-    self.num_heads = num_heads
     self.norm1 = _layer_norm(width, **kw)
-    self.qkv = _linear(width, 3 * width, ('embed', 'heads'), **kw)
-    self.proj = _linear(width, width, ('heads', 'embed'), **kw)
+    super().__init__(width, num_heads, **kw)  # qkv, proj.
     self.norm2 = _layer_norm(width, **kw)
     self.fc1 = _linear(width, hidden, ('embed', 'mlp'), **kw)
     self.fc2 = _linear(hidden, width, ('mlp', 'embed'), **kw)
 
   def __call__(self, x: Array) -> Array:
     """[B, N, A] -> [B, N, A]."""
-    b, n, d = x.shape
-    nh = self.num_heads
-    q, k, v = (t.reshape(b, n, nh, d // nh)
-               for t in jnp.split(self.qkv(self.norm1(x)), 3, axis=-1))
-    scores = jnp.einsum('bqhc,bkhc->bhqk', q, k,
-                        preferred_element_type=jnp.float32) * (d // nh) ** -0.5
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    attn = jnp.einsum('bhqk,bkhc->bqhc', probs, v).reshape(b, n, d)
-    x = x + self.proj(attn)
+    x = x + super().__call__(self.norm1(x))
     return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x))))
 
 
