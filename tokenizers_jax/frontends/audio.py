@@ -39,8 +39,8 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from tokenizers_jax.losses import spectral
 from tokenizers_jax.nn import attention
+from tokenizers_jax.nn import signal
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -256,7 +256,7 @@ class ISTFTHead(nnx.Module):
     log_mag, phase = jnp.split(h, 2, axis=-1)
     mag = jnp.minimum(jnp.exp(jnp.minimum(log_mag, 20.0)), 1e2)
     spec = jax.lax.complex(mag * jnp.cos(phase), mag * jnp.sin(phase))
-    return spectral.istft(spec, self.n_fft, self.hop, padding='same')
+    return signal.istft(spec, self.n_fft, self.hop, padding='same')
 
 
 class AudioDecoder(nnx.Module):

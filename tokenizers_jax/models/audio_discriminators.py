@@ -23,7 +23,7 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 
-from tokenizers_jax.losses import spectral
+from tokenizers_jax.nn import signal
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -120,7 +120,7 @@ class ResolutionDiscriminator(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: Array) -> tuple[Array, list[Array]]:
-    mag = spectral.magnitude(x.astype(jnp.float32), self.n_fft, self.hop,
+    mag = signal.magnitude(x.astype(jnp.float32), self.n_fft, self.hop,
                              eps=1e-9)
     h = mag[..., None].astype(self.dtype)
     return _conv_stack(self.convs, self.post, h)

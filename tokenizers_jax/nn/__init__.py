@@ -3,12 +3,15 @@
   partitioning  `logical(*names)`: logical-axis metadata for variables.
   attention     one multi-head attention (`Attention`) and its functional core
                 (`dot_product_attention`, through jax.nn.dot_product_attention).
+  signal        STFT/iSTFT, magnitude, mel filterbanks, log-mel, frame masks
+                (pure functions; `losses.spectral` re-exports them).
   weights       `Frozen` (non-parameter weights) and `load_state_dict` (local
                 safetensors / torch / npz weight files).
 """
 
 from tokenizers_jax.nn import attention
 from tokenizers_jax.nn import partitioning
+from tokenizers_jax.nn import signal
 from tokenizers_jax.nn import weights
 from tokenizers_jax.nn.attention import Attention
 from tokenizers_jax.nn.attention import dot_product_attention
@@ -17,4 +20,4 @@ from tokenizers_jax.nn.weights import Frozen
 from tokenizers_jax.nn.weights import load_state_dict
 
 __all__ = ['Attention', 'Frozen', 'attention', 'dot_product_attention',
-           'load_state_dict', 'logical', 'partitioning', 'weights']
+           'load_state_dict', 'logical', 'partitioning', 'signal', 'weights']
