@@ -124,6 +124,7 @@ class FlexTok(nnx.Module):
 
   modality = 'image'
   one_dimensional = True
+  token_count_key = 'num_registers'  # config.model key of the token count
 
   def __init__(self, *, image_size: int, patch_size: int = 4,
                num_registers: int = 16, width: int = 64,

@@ -168,6 +168,7 @@ class TiTok(nnx.Module):
 
   modality = 'image'
   one_dimensional = True
+  token_count_key = 'num_tokens'  # config.model key of the token count
 
   def __init__(self, *, image_size: int, patch_size: int = 4,
                num_tokens: int = 16, width: int = 64, encoder_depth: int = 2,

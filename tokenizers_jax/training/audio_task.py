@@ -84,6 +84,7 @@ def validate_config(config) -> None:
   req = config_lib.require
   config_lib.upgrade(config)
   req(config.get('task') == 'audio', 'task', "must be 'audio'")
+  tasks.check_model(config, 'audio')
   try:
     AudioConfig(**{k: tuple(v) if isinstance(v, list) else v
                    for k, v in _plain(config.model.frontend).items()})

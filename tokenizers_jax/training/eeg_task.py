@@ -37,8 +37,7 @@ def validate_config(config) -> None:
   """Fails with a message naming the key for configs that cannot work."""
   req = config_lib.require
   config_lib.upgrade(config)
-  req(config.model_name == 'neurorvq', 'model_name',
-      f"the eeg task trains 'neurorvq'; got {config.model_name!r}")
+  tasks.check_model(config, 'eeg')
   d, m = config.data, config.model
   req(len(d.channels) > 0, 'data.channels', 'no channels')
   for ch in d.channels:

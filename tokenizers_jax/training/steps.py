@@ -54,16 +54,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   """Fails with a message naming the key for configs that cannot work."""
   req = config_lib.require
   config_lib.upgrade(config)
-  try:
-    cls = registry.model_class(config.model_name)
-  except ValueError as e:
-    raise config_lib.ConfigError(f'config.model_name: {e}') from None
-  req(cls.modality == 'image', 'model_name',
-      f'{config.model_name!r} is a {cls.modality} model; the image task '
-      'trains image tokenizers')
+  cls = tasks.check_model(config, 'image')
   size = config.data.image_size
   if cls.one_dimensional:
-    _validate_one_d(config)
+    _validate_one_d(config, cls.token_count_key)
   else:
     fe = config.model.frontend
     factor = 2 ** (len(fe.ch_mult) - 1)
@@ -73,7 +67,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     for r in _opt(fe, 'attn_resolutions', ()):
       req(r <= size and size % r == 0, 'model.frontend.attn_resolutions',
           f'{r} is not a feature-map size of a {size}px image')
-  if config.model_name != 'fqgan':  # FQGAN's sub-codebooks live in config.model.
+  if getattr(cls, 'uses_config_quantizer', True):  # FQGAN: in config.model.
     _validate_quantizer(config)
   tasks.check_batch_fits_mesh(config)
   req(config.loss.recon in ('l1', 'l2'), 'loss.recon', "must be 'l1' or 'l2'")
@@ -105,7 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   req(config.total_steps > 0, 'total_steps', 'must be positive')
 
 
-def _validate_one_d(config) -> None:
+def _validate_one_d(config, key: str) -> None:
   """1D tokenizers (TiTok, One-D-Piece, FlexTok): patch grid and tokens."""
   req = config_lib.require
   m = config.model
@@ -113,7 +107,6 @@ def _validate_one_d(config) -> None:
   p = _opt(m, 'patch_size', 0)
   req(p > 0 and size > 0 and size % p == 0, 'model.patch_size',
       f'{p} does not divide data.image_size={size}')
-  key = 'num_registers' if config.model_name == 'flextok' else 'num_tokens'
   req(_opt(m, key, 0) >= 1, f'model.{key}', 'must be >= 1')
   req(_opt(m, 'width', 0) % _opt(m, 'num_heads', 1) == 0, 'model.width',
       f'{_opt(m, "width", 0)} is not divisible by model.num_heads')

@@ -90,6 +90,21 @@ def get_task(config_or_name) -> Task:
 # -----------------------------------------------------------------------------
 
 
+def check_model(config, modality: str) -> type:
+  """config.model_name names a registered model of `modality`; returns its
+  class (for its static attributes)."""
+  from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
+  try:
+    cls = registry.model_class(config.model_name)
+  except ValueError as e:
+    raise config_lib.ConfigError(f'config.model_name: {e}') from None
+  config_lib.require(
+      cls.modality == modality, 'model_name',
+      f'{config.model_name!r} is a {cls.modality} model; the {modality} task '
+      f'trains {modality} tokenizers')
+  return cls
+
+
 def check_quantizer_name(config) -> None:
   """config.quantizer.name names a registered quantizer."""
   from tokenizers_jax.quantizers import registry  # pylint: disable=g-import-not-at-top
