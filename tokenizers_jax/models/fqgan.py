@@ -348,6 +348,11 @@ class FactorizedCodebooks(fq_lib.FactorizedVQ):
     """[..., F] -> [..., F*C], what `quantized` is in eval mode."""
     return jnp.concatenate(self.decode_factors(indices), axis=-1)
 
+  def lookup(self, indices: Array) -> Array:
+    """`decode` without its index checks: [..., F] -> [..., F*C]."""
+    return jnp.concatenate([fac.lookup(indices[..., i])
+                            for i, fac in enumerate(self.factors)], axis=-1)
+
 
 # -----------------------------------------------------------------------------
 # The model.
@@ -380,6 +385,8 @@ class FQGAN(nnx.Module):
 
   modality = 'image'
   one_dimensional = False
+  # Its sub-codebooks are configured in config.model, not config.quantizer.
+  uses_config_quantizer = False
   loss_terms = ('quantizer', 'semantic')
 
 

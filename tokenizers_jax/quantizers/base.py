@@ -5,17 +5,27 @@ inputs of shape [..., dim] and returning a `QuantizerOutput`. `q.encode(x)`
 returns the indices and `q.decode(indices)` returns exactly what `quantized`
 was in eval mode.
 
+Code-level access, for tools that work on codes (latent perturbation,
+analysis) without knowing the quantizer's class:
+  * `q.lookup(indices)`: `decode` without its index checks (traceable);
+  * `q.code_space()`: the K codes one index position chooses among, in the
+    space where nearness is measured (`CodeSpace`), or None when each
+    trailing index position has its own quantizer;
+  * `q.sub_quantizers()`: those quantizers, g for `indices[..., g]`
+    (FactorizedVQ's factors, ResidualVQ's levels); () otherwise.
+
 Dimension legend:
   ...: any leading (batch / position) axes; N = their product
   D: the input feature dimension (`dim`)
   G: the trailing index axis of multi-code quantizers (levels, factors, groups)
+  K: codes per index position (`codebook_size`); C: code dimension
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import flax
 from flax import nnx
@@ -44,6 +54,19 @@ class QuantizerOutput:
   indices: Array
   loss: Array
   metrics: dict[str, Array]
+
+
+class CodeSpace(NamedTuple):
+  """The codes of one index position, where nearness is measured.
+
+  Attributes:
+    codes: [K, C], code k in row k (the lookup space: after a SimVQ map,
+      before any output projection).
+    cosine: codes are compared by cosine similarity (l2-normalised) rather
+      than by euclidean distance.
+  """
+  codes: Array
+  cosine: bool
 
 
 class QuantizerState(nnx.BatchStat):
@@ -175,6 +198,29 @@ class Quantizer(nnx.Module):
 
   def decode(self, indices: Array) -> Array:
     raise NotImplementedError
+
+  def lookup(self, indices: Array) -> Array:
+    """Indices -> quantized vectors [..., D]: `decode` without its checks."""
+    raise NotImplementedError
+
+  def code_space(self, max_codes: int | None = None) -> CodeSpace | None:
+    """The codes one index position chooses among (see `CodeSpace`).
+
+    Args:
+      max_codes: implicit codebooks (FSQ, LFQ) are enumerated; they raise
+        ValueError above this many codes.
+
+    Returns:
+      The code space, or None when the trailing index positions have their
+      own quantizers (`sub_quantizers`).
+    """
+    del max_codes
+    return None
+
+  def sub_quantizers(self) -> tuple[Quantizer, ...]:
+    """The quantizers of the trailing index positions, g for
+    `indices[..., g]`; () when one code space serves every position."""
+    return ()
 
   def index_shape(self, input_shape: tuple[int, ...]) -> tuple[int, ...]:
     """Static shape of `indices` for inputs of `input_shape`."""

@@ -94,12 +94,19 @@ class FactorizedVQ(base.Quantizer):
 
   def decode_factors(self, indices: Array) -> list[Array]:
     """Per-factor codes (before the output projection), for analysis."""
-    return [fac._lookup(indices[..., i])  # pylint: disable=protected-access
-            for i, fac in enumerate(self.factors)]
+    return [fac.lookup(indices[..., i]) for i, fac in enumerate(self.factors)]
+
+  def lookup(self, indices: Array) -> Array:
+    """[..., F] indices -> [..., D]."""
+    return self.project_out(jnp.concatenate(self.decode_factors(indices), -1))
 
   def decode(self, indices: Array) -> Array:
     base.check_indices(indices, self.codebook_size, type(self).__name__)
     if indices.shape[-1] != self.num_factors:
       raise ValueError(f'FactorizedVQ.decode: expected indices of shape '
                        f'(..., {self.num_factors}); got {tuple(indices.shape)}')
-    return self.project_out(jnp.concatenate(self.decode_factors(indices), -1))
+    return self.lookup(indices)
+
+  def sub_quantizers(self) -> tuple[base.Quantizer, ...]:
+    """The factors' VectorQuantizers, factor i for `indices[..., i]`."""
+    return tuple(self.factors)

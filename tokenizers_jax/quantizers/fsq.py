@@ -78,12 +78,27 @@ class FSQ(base.Quantizer):
     base.check_input(x, self.dim, type(self).__name__)
     return self._quantize(x)[1]
 
-  def _lookup(self, indices: Array) -> Array:
+  def lookup(self, indices: Array) -> Array:
+    """[...] indices -> [..., D]."""
     return self._project_out(F.fsq_codes(indices, self.levels))
 
   def decode(self, indices: Array) -> Array:
     base.check_indices(indices, self.codebook_size, type(self).__name__)
-    return self._lookup(indices)
+    return self.lookup(indices)
+
+  def code_space(self, max_codes: int | None = None) -> base.CodeSpace:
+    """The implicit grid codebook (`implicit_codebook`), euclidean.
+
+    Raises:
+      ValueError: if it has more than `max_codes` codes.
+    """
+    size = self.codebook_size
+    if max_codes is not None and size > max_codes:
+      raise ValueError(
+          f'{type(self).__name__}: enumerating the implicit codebook, but '
+          f'levels {self.levels} give {size} codes > {max_codes}; use fewer '
+          'levels or an explicit codebook (VectorQuantizer)')
+    return base.CodeSpace(self.implicit_codebook(), False)
 
   def implicit_codebook(self) -> Array:
     """All prod(L) codes, [prod(L), L], in index order."""

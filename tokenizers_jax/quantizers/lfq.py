@@ -148,7 +148,8 @@ class LFQ(base.Quantizer):
     base.check_input(x, self.dim, type(self).__name__)
     return self._indices_out(F.lfq_quantize(self._pre(x))[1])
 
-  def _lookup(self, indices: Array) -> Array:
+  def lookup(self, indices: Array) -> Array:
+    """[...] (or [..., G] with groups) indices -> [..., D]."""
     idx = indices if self.num_codebooks is not None else indices[..., None]
     codes = F.lfq_codes(idx, self.group_bits, self.codebook_scale)
     return self._codes_out(codes)
@@ -158,4 +159,23 @@ class LFQ(base.Quantizer):
     if self.num_codebooks is not None and indices.shape[-1] != self.num_groups:
       raise ValueError(f'LFQ.decode: expected indices of shape (..., {self.num_groups});'
                        f' got {tuple(indices.shape)}')
-    return self._lookup(indices)
+    return self.lookup(indices)
+
+  def code_space(self, max_codes: int | None = None) -> base.CodeSpace:
+    """The 2^b sign codes of one group [2^b, b] (shared by all groups),
+    euclidean (which orders them as the Hamming distance does).
+
+    Raises:
+      ValueError: if a group has more than `max_codes` codes.
+    """
+    size = self.codebook_size  # Codes of one group.
+    if max_codes is not None and size > max_codes:
+      raise ValueError(
+          f'{type(self).__name__}: enumerating the implicit codebook, but one '
+          f'group has 2^{self.group_bits} = {size} codes > {max_codes}; use '
+          f'num_groups so that a group has at most '
+          f'{max_codes.bit_length() - 1} bits or an explicit codebook '
+          '(VectorQuantizer)')
+    codes = F.lfq_codes(jnp.arange(size, dtype=jnp.int32), self.group_bits,
+                        self.codebook_scale)
+    return base.CodeSpace(codes, False)

@@ -17,7 +17,10 @@ Three layers:
     perturbed indices and the gradient of the unperturbed output.
   `LatentPerturbation` bundles the hyper-parameters and the schedule.
 
-Code spaces (where "nearest" is measured):
+Code spaces (where "nearest" is measured) come from the quantizer's public
+interface (`base.Quantizer`), whatever its class: `sub_quantizers()` gives
+one table per trailing index position, else `code_space()` one table for
+all positions:
   * VectorQuantizer: the lookup codebook in C (after the SimVQ map;
     l2-normalised and compared by cosine when `use_cosine_sim`), i.e. the
     space of the nearest-code search, before `project_out`.
@@ -62,12 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenizers_jax.quantizers import base
-from tokenizers_jax.quantizers import fq
-from tokenizers_jax.quantizers import fsq
 from tokenizers_jax.quantizers import functional as F
-from tokenizers_jax.quantizers import lfq
-from tokenizers_jax.quantizers import rvq
-from tokenizers_jax.quantizers import vq
 
 Array = jax.Array
 # One [K, δ] table for every code position, or one per trailing index (G).
@@ -157,36 +155,21 @@ def nearest_code_table(
   return table.reshape(num_chunks * rows, delta)[:num_codes]
 
 
-def _code_space(quantizer: base.Quantizer) -> tuple[Array, bool]:
-  """(codes [K, C], cosine) of a single-codebook quantizer's code space."""
+def _code_space(quantizer: base.Quantizer) -> base.CodeSpace:
+  """The code space of a quantizer with one code space for every position."""
   name = type(quantizer).__name__
-  if isinstance(quantizer, vq.VectorQuantizer):
-    # pylint: disable-next=protected-access
-    return quantizer._effective_codebook(), quantizer.use_cosine_sim
-  if isinstance(quantizer, fsq.FSQ):
-    size = quantizer.codebook_size
-    if size > MAX_IMPLICIT_CODES:
-      raise ValueError(
-          f'{name}: latent perturbation enumerates the implicit codebook, but '
-          f'levels {quantizer.levels} give {size} codes > {MAX_IMPLICIT_CODES};'
-          ' use fewer levels or an explicit codebook (VectorQuantizer), or pass'
-          ' precomputed tables=')
-    return quantizer.implicit_codebook(), False
-  if isinstance(quantizer, lfq.LFQ):
-    size = quantizer.codebook_size  # Codes of one group.
-    if size > MAX_IMPLICIT_CODES:
-      raise ValueError(
-          f'{name}: latent perturbation enumerates the implicit codebook, but '
-          f'one group has 2^{quantizer.group_bits} = {size} codes > '
-          f'{MAX_IMPLICIT_CODES}; use num_groups so that a group has at most '
-          f'16 bits, an explicit codebook (VectorQuantizer), or pass '
-          f'precomputed tables=')
-    codes = F.lfq_codes(jnp.arange(size, dtype=jnp.int32), quantizer.group_bits,
-                        quantizer.codebook_scale)
-    return codes, False
-  raise TypeError(
-      f'latent perturbation does not know the code space of {name}; supported:'
-      ' VectorQuantizer, FactorizedVQ, ResidualVQ (of those), FSQ, LFQ')
+  code_space = getattr(quantizer, 'code_space', None)
+  try:
+    space = code_space(MAX_IMPLICIT_CODES) if callable(code_space) else None
+  except ValueError as e:  # An implicit codebook too large to enumerate.
+    raise ValueError(f'latent perturbation: {e}, or pass precomputed '
+                     'tables=') from None
+  if space is None:
+    raise TypeError(
+        f'latent perturbation does not know the code space of {name}; it '
+        'needs a quantizer (base.Quantizer) whose code_space() or '
+        'sub_quantizers() says where its codes lie')
+  return space
 
 
 def code_tables(
@@ -201,17 +184,19 @@ def code_tables(
   outside for the fixed FSQ / LFQ codebooks (see the module docstring).
 
   Args:
-    quantizer: VectorQuantizer, FactorizedVQ, ResidualVQ, FSQ or LFQ.
+    quantizer: any `base.Quantizer` (VectorQuantizer, FactorizedVQ,
+      ResidualVQ, FSQ, LFQ, ...).
     delta: δ.
     chunk_size: as in `nearest_code_table`.
 
   Returns:
-    One int32 [K, δ] table (VectorQuantizer, FSQ, LFQ: grouped LFQ shares one
-    table across groups), or a tuple with one table per trailing index
+    One int32 [K, δ] table of `quantizer.code_space()` (VectorQuantizer, FSQ,
+    LFQ: grouped LFQ shares one table across groups), or a tuple with one
+    table per `quantizer.sub_quantizers()` entry, i.e. per trailing index
     (FactorizedVQ: per factor; ResidualVQ: per level).
 
   Raises:
-    TypeError: for an unsupported quantizer.
+    TypeError: for an object with neither a code space nor sub-quantizers.
     ValueError: for an implicit codebook above MAX_IMPLICIT_CODES codes or
       δ >= K.
   """
@@ -220,10 +205,10 @@ def code_tables(
     return nearest_code_table(codes, delta, cosine=cosine,
                               chunk_size=chunk_size)
 
-  if isinstance(quantizer, fq.FactorizedVQ):
-    return tuple(table(f) for f in quantizer.factors)
-  if isinstance(quantizer, rvq.ResidualVQ):
-    return tuple(table(level) for level in quantizer.levels)
+  sub_quantizers = getattr(quantizer, 'sub_quantizers', tuple)
+  subs = sub_quantizers()
+  if subs:
+    return tuple(table(q) for q in subs)
   return table(quantizer)
 
 

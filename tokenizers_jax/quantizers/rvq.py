@@ -162,13 +162,17 @@ class ResidualVQ(base.Quantizer):
     if indices.shape[-1] != self.num_quantizers:
       raise ValueError(f'{type(self).__name__}.decode: expected indices of shape '
                        f'(..., {self.num_quantizers}); got {tuple(indices.shape)}')
+    return self.lookup(indices, num_levels)
+
+  def lookup(self, indices: Array, num_levels: int | None = None) -> Array:
+    """`decode` without its checks: [..., Q] indices -> [..., D]."""
     total = None
     for l, level in enumerate(self.levels):
       if num_levels is not None and l >= num_levels:
         break
       idx = indices[..., l]
       keep = idx >= 0
-      q = level._lookup(jnp.maximum(idx, 0))  # pylint: disable=protected-access
+      q = level.lookup(jnp.maximum(idx, 0))
       q = jnp.where(keep[..., None], q, 0).astype(q.dtype)
       total = q if total is None else total + q
     return total if self.project_out is None else self.project_out(total)
@@ -178,6 +182,10 @@ class ResidualVQ(base.Quantizer):
     outs = []
     for l, level in enumerate(self.levels):
       idx = indices[..., l]
-      q = level._lookup(jnp.maximum(idx, 0))  # pylint: disable=protected-access
+      q = level.lookup(jnp.maximum(idx, 0))
       outs.append(jnp.where((idx >= 0)[..., None], q, 0))
     return jnp.stack(outs, axis=-2)
+
+  def sub_quantizers(self) -> tuple[base.Quantizer, ...]:
+    """The levels, level l for `indices[..., l]`."""
+    return tuple(self.levels)

@@ -178,12 +178,19 @@ class VectorQuantizer(base.Quantizer):
 
   def decode(self, indices: Array) -> Array:
     base.check_indices(indices, self.codebook_size, type(self).__name__)
-    return self._lookup(indices)
+    return self.lookup(indices)
 
-  def _lookup(self, indices: Array) -> Array:
+  def lookup(self, indices: Array) -> Array:
+    """[...] indices -> [..., D] (NaN for an out-of-range index)."""
     cb = self._effective_codebook()
     q = jnp.take(cb, indices, axis=0, mode='fill', fill_value=jnp.nan)
     return self._project_out(q)
+
+  def code_space(self, max_codes: int | None = None) -> base.CodeSpace:
+    """The lookup codebook [K, C] (SimVQ map applied; l2-normalised and
+    compared by cosine with `use_cosine_sim`), before `project_out`."""
+    del max_codes  # An explicit codebook: nothing to enumerate.
+    return base.CodeSpace(self._effective_codebook(), self.use_cosine_sim)
 
   def __call__(self, x: Array, *, train: bool = False,
                mask: Array | None = None) -> base.QuantizerOutput:
