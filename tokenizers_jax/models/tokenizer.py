@@ -134,12 +134,18 @@ class Tokenizer:
       # A proxy teacher inside another model being built for its structure:
       # its weights come with that model's checkpoint.
       return cls(registry.build_model(config), config, step)
+    box = {}
+
+    def structure():
+      graph, p, r = nnx.split(registry.build_model(config), nnx.Param, ...)
+      box['graph'] = graph
+      return nnx.to_pure_dict(p), nnx.to_pure_dict(r)
+
+    # Shapes and dtypes only: no initialiser runs, nothing is allocated.
     with _structure_only():
-      model = nnx.eval_shape(lambda: registry.build_model(config))
-    graph, want_params, want_rest = nnx.split(model, nnx.Param, ...)
+      want_params, want_rest = jax.eval_shape(structure)
+    graph = box['graph']
     params, rest, step, _ = workdir_lib.read_generator(workdir, step, use_ema)
-    want_params = nnx.to_pure_dict(want_params)
-    want_rest = nnx.to_pure_dict(want_rest)
     _check_same_structure(workdir, want_params, params, 'parameters')
     _check_same_structure(workdir, want_rest, rest, 'other variables')
     model = nnx.merge(graph, _fill(want_params, params),
