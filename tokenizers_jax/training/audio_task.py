@@ -38,7 +38,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
 
 from tokenizers_jax import config_lib
 from tokenizers_jax.data import audio as audio_data
@@ -179,21 +178,11 @@ def train_step(trainer, state: dict, batch: dict):
     return loss, x_hat, dict(out=out, mel=mel, mrstft=mrstft,
                              new_rest=new_rest, fwd_params=fwd_params)
 
-  grads, aux, adv = core.generator_grads(trainer, state, forward, x)
-  params, gen_opt, ema = core.generator_update(trainer, state, grads,
-                                               aux['fwd_params'])
-  disc = core.discriminator_update(trainer, state, x, aux['x_hat'])
-  ok = core.all_finite(x, adv['total'], disc['loss'], grads, disc['grad_norm'])
-  new_state = core.commit(state, dict(
-      gen={'params': params, 'rest': aux['new_rest']}, gen_opt=gen_opt,
-      ema=ema, **disc['proposed']), ok)
+  new_state, ok, aux, metrics = core.train_step(trainer, state, forward, x)
   out = aux['out']
-  metrics = {'train/loss': adv['total'], 'train/recon': aux['mel'],
-             'train/mel': aux['mel'], 'train/mrstft': aux['mrstft'],
-             'train/feature_matching': adv['fm'],
-             'train/grad_norm': optax.tree.norm(grads),
-             **core.gan_metrics(adv, disc),
-             **{f'train/{k}': v for k, v in out.terms.items()}}
+  metrics.update({'train/recon': aux['mel'], 'train/mel': aux['mel'],
+                  'train/mrstft': aux['mrstft'],
+                  **{f'train/{k}': v for k, v in out.terms.items()}})
   return new_state, core.step_metrics(new_state, ok, metrics, out.metrics)
 
 

@@ -404,7 +404,7 @@ def _mean(values):
 
 def gan_enabled(config) -> bool:
   """A discriminator is compiled only when it ever takes part."""
-  return config.loss.disc_start < config.total_steps
+  return opt(config.loss, 'disc_start', config.total_steps) < config.total_steps
 
 
 def generator_grads(trainer: Trainer, state: dict,
@@ -487,7 +487,7 @@ def discriminator_update(trainer: Trainer, state: dict, x_real: Array,
   """
   lc = trainer.config.loss
   zero = jnp.zeros((), jnp.float32)
-  if not gan_enabled(trainer.config):
+  if not (trainer.has_disc and gan_enabled(trainer.config)):
     return dict(proposed={}, loss=zero, grad_norm=zero, real=zero,
                 fake=zero, lecam=zero)
   gate = adversarial.disc_start_gate(state['step'], lc.disc_start)
@@ -530,10 +530,36 @@ def discriminator_update(trainer: Trainer, state: dict, x_real: Array,
               real=real_mean, fake=fake_mean, lecam=lecam)
 
 
-def gan_metrics(adv: dict, disc: dict) -> dict:
-  return {'train/g_adv': adv['g_adv'], 'train/g_weight': adv['g_weight'],
-          'train/d_loss': disc['loss'], 'train/logits_real': disc['real'],
-          'train/logits_fake': disc['fake'], 'train/lecam': disc['lecam']}
+def train_step(trainer: Trainer, state: dict, forward: Callable[[Any], tuple],
+               x_real: Array):
+  """The whole update of a task's step: generator gradients of
+  `forward(params) -> (main_loss, x_hat, aux)` (with `aux['new_rest']` and
+  `aux['fwd_params']` from `model_state`) plus the GAN terms when the
+  trainer has a discriminator, the generator update and EMA, the
+  discriminator update, and the guarded commit (skipped when the batch, a
+  loss or a gradient is not finite).
+
+  Returns (new_state, ok, aux, metrics) with the metrics every task shares:
+  train/loss, train/grad_norm and, with a discriminator, the GAN's.
+  """
+  grads, aux, adv = generator_grads(trainer, state, forward, x_real)
+  params, gen_opt, ema = generator_update(trainer, state, grads,
+                                          aux['fwd_params'])
+  disc = discriminator_update(trainer, state, x_real, aux['x_hat'])
+  ok = all_finite(x_real, adv['total'], disc['loss'], grads,
+                  disc['grad_norm'])
+  new_state = commit(state, dict(
+      gen={'params': params, 'rest': aux['new_rest']}, gen_opt=gen_opt,
+      ema=ema, **disc['proposed']), ok)
+  metrics = {'train/loss': adv['total'],
+             'train/grad_norm': optax.tree.norm(grads)}
+  if trainer.has_disc:
+    metrics.update({
+        'train/g_adv': adv['g_adv'], 'train/g_weight': adv['g_weight'],
+        'train/feature_matching': adv['fm'], 'train/d_loss': disc['loss'],
+        'train/logits_real': disc['real'], 'train/logits_fake': disc['fake'],
+        'train/lecam': disc['lecam']})
+  return new_state, ok, aux, metrics
 
 
 # -----------------------------------------------------------------------------

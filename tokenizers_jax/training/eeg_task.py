@@ -18,7 +18,6 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
-import optax
 
 from tokenizers_jax import config_lib
 from tokenizers_jax.data import eeg as eeg_data
@@ -85,18 +84,11 @@ def train_step(trainer: core.Trainer, state: dict, batch: dict):
     return loss, out.reconstruction, dict(out=out, new_rest=new_rest,
                                           fwd_params=fwd_params)
 
-  grads, aux, adv = core.generator_grads(trainer, state, forward, x)
-  params, gen_opt, ema = core.generator_update(trainer, state, grads,
-                                               aux['fwd_params'])
-  ok = core.all_finite(x, adv['total'], grads)
-  new_state = core.commit(state, dict(
-      gen={'params': params, 'rest': aux['new_rest']}, gen_opt=gen_opt,
-      ema=ema), ok)
+  new_state, ok, aux, metrics = core.train_step(trainer, state, forward, x)
   out = aux['out']
-  metrics = {'train/loss': adv['total'], 'train/recon': out.metrics['mse'],
-             'train/grad_norm': optax.tree.norm(grads),
-             **{f'train/{k}': v for k, v in out.terms.items()},
-             **{f'train/{k}': out.metrics[k] for k in TERMS}}
+  metrics.update({'train/recon': out.metrics['mse'],
+                  **{f'train/{k}': v for k, v in out.terms.items()},
+                  **{f'train/{k}': out.metrics[k] for k in TERMS}})
   qmetrics = {k: v for k, v in out.metrics.items() if k not in TERMS}
   return new_state, core.step_metrics(new_state, ok, metrics, qmetrics)
 

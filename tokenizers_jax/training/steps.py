@@ -15,7 +15,6 @@ from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 
 from tokenizers_jax import config_lib
 from tokenizers_jax.models import registry
@@ -181,20 +180,11 @@ def train_step(trainer: core.Trainer, state: dict, batch: dict):
     return main, x_hat, dict(out=out, rec=rec, perceptual=perceptual,
                              new_rest=new_rest, fwd_params=fwd_params)
 
-  grads, aux, adv = core.generator_grads(trainer, state, forward, x)
-  params, gen_opt, ema = core.generator_update(trainer, state, grads,
-                                               aux['fwd_params'])
-  disc = core.discriminator_update(trainer, state, x, aux['x_hat'])
-  ok = core.all_finite(x, adv['total'], disc['loss'], grads, disc['grad_norm'])
-  new_state = core.commit(state, dict(
-      gen={'params': params, 'rest': aux['new_rest']}, gen_opt=gen_opt,
-      ema=ema, **disc['proposed']), ok)
+  new_state, ok, aux, metrics = core.train_step(trainer, state, forward, x)
   out = aux['out']
-  metrics = {'train/loss': adv['total'], 'train/recon': aux['rec'],
-             'train/perceptual': aux['perceptual'],
-             'train/grad_norm': optax.tree.norm(grads),
-             **core.gan_metrics(adv, disc),
-             **{f'train/{k}': v for k, v in out.terms.items()}}
+  metrics.update({'train/recon': aux['rec'],
+                  'train/perceptual': aux['perceptual'],
+                  **{f'train/{k}': v for k, v in out.terms.items()}})
   return new_state, core.step_metrics(new_state, ok, metrics, out.metrics)
 
 
