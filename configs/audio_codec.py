@@ -88,8 +88,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                       weight_decay=0.0)
   c.ema_decay = 0.0
   c.mesh = dict(shape=(-1, 1, 1), axes=('data', 'fsdp', 'model'))
+  # FSDP shards the widths ('embed', 'mlp') and the codebooks (with their
+  # EMA buffers) over 'fsdp'; experiments/scale_check.py reports what is left.
   c.sharding_rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
-                      ('codebook', 'model'))
+                      ('mlp', 'fsdp'), ('codebook', ('model', 'fsdp')))
   c.log_every = 50
   c.eval_every = 1000
   c.checkpoint_every = 500

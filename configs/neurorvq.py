@@ -69,8 +69,10 @@ def base_config() -> ml_collections.ConfigDict:
                  weight_decay=0.01)
   c.ema_decay = 0.99
   c.mesh = dict(shape=(-1, 1, 1), axes=('data', 'fsdp', 'model'))
+  # FSDP shards the width ('embed') and the codebooks (with their EMA
+  # buffers) over 'fsdp'; experiments/scale_check.py reports what is left.
   c.sharding_rules = (('batch', ('data', 'fsdp')), ('embed', 'fsdp'),
-                      ('codebook', 'model'))
+                      ('codebook', ('model', 'fsdp')))
   c.log_every = 50
   c.eval_every = 500
   c.checkpoint_every = 500

@@ -145,7 +145,9 @@ def image_base_config() -> ml_collections.ConfigDict:
   c.sharding_rules = (
       ('batch', ('data', 'fsdp')),
       ('embed', 'fsdp'),
-      ('codebook', 'model'),
+      # Codebooks over 'model' and 'fsdp', so that under FSDP a large
+      # codebook, its Adam moments or EMA buffers are not on every device.
+      ('codebook', ('model', 'fsdp')),
   )
   c.log_every = 50
   c.eval_every = 500

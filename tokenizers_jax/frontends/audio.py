@@ -247,7 +247,8 @@ class ISTFTHead(nnx.Module):
   """Linear -> (log-magnitude, phase) -> complex spectrum -> iSTFT ('same')."""
 
   def __init__(self, dim: int, n_fft: int, hop: int, rngs: nnx.Rngs, dtype):
-    self.out = _linear(dim, n_fft + 2, rngs, dtype)
+    # n_fft + 2 outputs rarely divide a mesh axis: shard the width instead.
+    self.out = _linear(dim, n_fft + 2, rngs, dtype, names=('mlp', None))
     self.n_fft = n_fft
     self.hop = hop
 

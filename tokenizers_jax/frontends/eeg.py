@@ -260,8 +260,9 @@ class EEGFrontEnd(nnx.Module):
     self.dec_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
     self.dec_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
                                for _ in range(g)])
-    head = lambda: nnx.List([_linear(g * d, d, **kw),
-                             _linear(d, patch_size, ('mlp', None), **kw)])
+    # The head's hidden width is d: 'embed', so FSDP shards both layers.
+    head = lambda: nnx.List([_linear(g * d, d, ('mlp', 'embed'), **kw),
+                             _linear(d, patch_size, ('embed', None), **kw)])
     if output == 'fourier':
       self.amp_head, self.sin_head, self.cos_head = head(), head(), head()
     else:
