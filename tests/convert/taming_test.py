@@ -12,6 +12,7 @@ Dimension legend: B batch, H/W image size, h/w token grid, K codes, E code
 dimension.
 """
 
+import atexit
 import functools
 import json
 import os
@@ -135,6 +136,7 @@ def _converted():
   report): converted once for all tests of this module."""
   model = _reference()
   tmp = tempfile.mkdtemp(prefix='taming_convert_')
+  atexit.register(shutil.rmtree, tmp, ignore_errors=True)
   sd = model.state_dict()
   ckpt = os.path.join(tmp, 'last.ckpt')
   # A Lightning checkpoint that loads with weights_only=True.
@@ -250,7 +252,7 @@ def test_quantizer_losses_match_both_beta_placements(legacy):
     return module(z, train=False).loss
 
   value, (g_q, g_z) = nnx.value_and_grad(loss_fn, argnums=(0, 1))(q, z_ours)
-  np.testing.assert_allclose(float(value), float(loss), rtol=1e-5)
+  np.testing.assert_allclose(float(value), float(loss.detach()), rtol=1e-5)
   np.testing.assert_allclose(g_z, z.grad.permute(0, 2, 3, 1).numpy(),
                              atol=1e-6)
   np.testing.assert_allclose(g_q.codebook[...],
