@@ -146,7 +146,8 @@ class FolderSource(FolderFiles):
     path = self.path(index)
     try:
       with Image.open(path) as img:
-        image = np.asarray(img.convert('RGB'))
+        # convert() copies even an RGB image: only convert other modes.
+        image = np.asarray(img if img.mode == 'RGB' else img.convert('RGB'))
     except Exception as e:  # pylint: disable=broad-except
       raise ValueError(f'Failed to decode image file {str(path)!r}: '
                        f'{type(e).__name__}: {e}') from e
