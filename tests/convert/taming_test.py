@@ -383,13 +383,7 @@ def test_evaluate_with_the_release_loss_config():
   LPIPS files; creating the train state under `jax.set_mesh` (as
   evaluate_workdir does) then builds LPIPS abstractly under the mesh."""
   workdir = _converted()[3]
-  try:
-    results = train_lib.evaluate_workdir(workdir, num_batches=1)
-  except ValueError as e:
-    if 'Resource axis' in str(e):
-      pytest.xfail('LPIPS.from_files fails under jax.set_mesh without '
-                   f'logical-axis rules: {e}')
-    raise
+  results = train_lib.evaluate_workdir(workdir, num_batches=1)
   assert np.isfinite(results['eval/psnr'])
 
 

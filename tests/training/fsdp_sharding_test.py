@@ -152,12 +152,6 @@ class CreateShardsTheTrainStateTest(absltest.TestCase):
     for key in ('gen_opt', 'disc_opt'):
       self.assertEqual(_unsharded(state[key], TEST_THRESHOLD), [], key)
 
-  @pytest.mark.xfail(
-      strict=True,
-      reason='core.build_state creates the optimizer states with '
-      'jax.jit(tx.init) and no out_shardings, so Adam moments are '
-      'replicated; jit them with out_shardings='
-      'abstract.opt_state_shardings(...) and remove this marker')
   def test_optimizer_state(self):
     for key in ('gen_opt', 'disc_opt'):
       self.assertEqual(_unsharded(self.state[key], TEST_THRESHOLD), [], key)

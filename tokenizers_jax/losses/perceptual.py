@@ -40,6 +40,7 @@ from jax import lax
 from flax import nnx
 import numpy as np
 
+from tokenizers_jax.nn import partitioning
 from tokenizers_jax.nn import weights
 
 Array = jax.Array
@@ -166,7 +167,7 @@ class LPIPS(nnx.Module):
     """
     vgg_state = weights.load_state_dict(vgg_path, 'VGG16')
     lin_state = weights.load_state_dict(lin_path, 'LPIPS')
-    model = nnx.eval_shape(lambda: cls(**kwargs))
+    model = partitioning.abstract_module(lambda: cls(**kwargs))
     load_vgg16_state_dict(model.vgg, vgg_state)
     load_lpips_linear_state_dict(model, lin_state)
     return model

@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from tokenizers_jax.nn import attention
+from tokenizers_jax.nn import partitioning
 from tokenizers_jax.nn import weights
 # `teachers.Frozen` is the shared frozen-weight type (same class).
 from tokenizers_jax.nn.weights import Frozen
@@ -513,7 +514,7 @@ class ViTTeacher(nnx.Module):
                        f'register tokens?): keys {unsupported[:8]} are not '
                        f'handled.')
 
-    model = nnx.eval_shape(lambda: cls(pos_grid=(grid, grid),
+    model = partitioning.abstract_module(lambda: cls(pos_grid=(grid, grid),
                                        pre_norm=pre_norm, head_dim=head_dim,
                                        seed=None, **arch))
 

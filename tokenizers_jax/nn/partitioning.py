@@ -30,3 +30,24 @@ def logical(*names: str | None) -> dict[str, Any]:
     Variable's keyword metadata or as a layer's `*_metadata` argument.
   """
   return {'out_sharding': tuple(names), 'eager_sharding': False}
+
+
+def abstract_module(build):
+  """`build()`'s module with ShapeDtypeStruct values, no initialiser run.
+
+  Like `nnx.eval_shape`, but the logical axis names stay metadata: under a
+  caller's `jax.set_mesh`, `nnx.eval_shape` turns them into mesh axes and
+  fails (logical names are not mesh axes). Fill the variables afterwards,
+  e.g. with `var.set_value(array)`.
+  """
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  box = {}
+
+  def structure():
+    graph, state = nnx.split(build())
+    box['graph'] = graph
+    return state
+
+  state = jax.eval_shape(structure)
+  return nnx.merge(box['graph'], state)

@@ -43,6 +43,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from tokenizers_jax import sharding as sharding_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import tasks
 
 
@@ -80,38 +81,7 @@ def refit(spec, shape, mesh) -> P:
   return P(*out)
 
 
-def _key(k) -> Any:
-  for attr in ('key', 'idx', 'name'):
-    if hasattr(k, attr):
-      return getattr(k, attr)
-  return str(k)
-
-
-def opt_state_shardings(opt_state, params, param_shardings, mesh) -> Any:
-  """Shardings for an optimizer state: each leaf gets the sharding of the
-  parameter it belongs to, replicated otherwise (step counts, scalars).
-
-  A leaf belongs to a parameter when the end of its tree path is that
-  parameter's path and the shapes agree; this covers optax's mu/nu trees
-  under `chain`, `masked` and `multi_transform` without knowing their
-  layout. `opt_state` and `params` may hold arrays or ShapeDtypeStructs.
-  """
-  by_path = {}
-  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
-                          jax.tree.leaves(param_shardings)):
-    by_path[tuple(_key(k) for k in path)] = (tuple(p.shape), s)
-  lengths = sorted({len(k) for k in by_path}, reverse=True)
-  replicated = NamedSharding(mesh, P())
-
-  def one(path, leaf):
-    keys = tuple(_key(k) for k in path)
-    for n in lengths:
-      hit = by_path.get(keys[-n:]) if n <= len(keys) else None
-      if hit is not None and hit[0] == tuple(leaf.shape):
-        return hit[1]
-    return replicated
-
-  return jax.tree_util.tree_map_with_path(one, opt_state)
+opt_state_shardings = core.opt_state_shardings
 
 
 def sharded_fraction(tree, axis: str = 'fsdp') -> tuple[float, int]:

@@ -259,6 +259,40 @@ def init_from_workdir(workdir: str, params: dict, rest: dict,
   return params, rest
 
 
+def _path_key(k) -> Any:
+  for attr in ('key', 'idx', 'name'):
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return str(k)
+
+
+def opt_state_shardings(opt_state, params, param_shardings, mesh) -> Any:
+  """Shardings for an optimizer state: each leaf gets the sharding of the
+  parameter it belongs to, replicated otherwise (step counts, scalars).
+
+  A leaf belongs to a parameter when the end of its tree path is that
+  parameter's path and the shapes agree; this covers optax's mu/nu trees
+  under `chain`, `masked` and `multi_transform` without knowing their
+  layout. `opt_state` and `params` may hold arrays or ShapeDtypeStructs.
+  """
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree.leaves(param_shardings)):
+    by_path[tuple(_path_key(k) for k in path)] = (tuple(p.shape), s)
+  lengths = sorted({len(k) for k in by_path}, reverse=True)
+  replicated = NamedSharding(mesh, P())
+
+  def one(path, leaf):
+    keys = tuple(_path_key(k) for k in path)
+    for n in lengths:
+      hit = by_path.get(keys[-n:]) if n <= len(keys) else None
+      if hit is not None and hit[0] == tuple(leaf.shape):
+        return hit[1]
+    return replicated
+
+  return jax.tree_util.tree_map_with_path(one, opt_state)
+
+
 def build_state(config, mesh, gen: nnx.Module, disc: nnx.Module | None = None,
                 *, disc_apply: Callable[..., tuple] = default_disc_apply,
                 extras: dict[str, Any] | None = None):
@@ -313,9 +347,18 @@ def build_state(config, mesh, gen: nnx.Module, disc: nnx.Module | None = None,
                     disc_tx=disc_tx, disc_apply=disc_apply,
                     last_layer_path=last_path, extras=dict(extras or {}))
   state = jax.device_put(host, shardings)
-  state['gen_opt'] = jax.jit(trainer.gen_tx.init)(state['gen']['params'])
+
+  def init_opt(tx, params, param_sh):
+    # Each moment sharded like its parameter (FSDP shards optimizer state).
+    out = opt_state_shardings(jax.eval_shape(tx.init, params), params,
+                              param_sh, mesh)
+    return jax.jit(tx.init, out_shardings=out)(params)
+
+  state['gen_opt'] = init_opt(trainer.gen_tx, state['gen']['params'],
+                              gen_sh['params'])
   if disc is not None:
-    state['disc_opt'] = jax.jit(disc_tx.init)(state['disc']['params'])
+    state['disc_opt'] = init_opt(disc_tx, state['disc']['params'],
+                                 shardings['disc']['params'])
   return trainer, state, jax.tree.map(lambda x: x.sharding, state)
 
 
