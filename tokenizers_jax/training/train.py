@@ -25,7 +25,10 @@ from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.training import checkpoint as ckpt_lib
 from tokenizers_jax.training import core
 from tokenizers_jax.training import metrics as metrics_lib
+from tokenizers_jax.training import preemption
+from tokenizers_jax.training import resume as resume_lib
 from tokenizers_jax.training import tasks
+from tokenizers_jax.training import workdir_lock
 
 
 class NonFiniteError(RuntimeError):
@@ -78,17 +81,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   task = tasks.get_task(config)
   task.validate_config(config)
   mesh = make_mesh(config)
-  write_config(config, workdir)
-  writer = metrics_lib.MetricWriter(workdir)
-  with jax.set_mesh(mesh):
+  # One run per workdir; a SIGTERM saves the current step and stops.
+  with (workdir_lock.hold(workdir), preemption.Watcher() as preempt,
+        jax.set_mesh(mesh)):
     trainer, state, state_sh = task.create(config, mesh)
     data_sh = batch_sharding(mesh, config)
     it = task.train_iterator(config)
     mgr = ckpt_lib.manager(workdir, config.keep_checkpoints)
-    restored, start = ckpt_lib.restore(mgr, state, it)
+    # The newest whole checkpoint that fits this config (see resume.py).
+    restored, start = resume_lib.restore_latest_good(
+        mgr, state, it, workdir=workdir, config=config)
     if restored is not None:
       state = restored
       logging.info('Resumed from step %d', start)
+    write_config(config, workdir)
+    writer = metrics_lib.MetricWriter(workdir)
     start = int(jax.device_get(state['step']))
 
     train_step = jax.jit(lambda s, b: task.train_step(trainer, s, b),
@@ -135,8 +142,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      ', '.join(f'{k}={v:.4f}' for k, v in final.items()))
         if task.eval_note(config):
           logging.info('%s', task.eval_note(config))
-      if done % config.checkpoint_every == 0 or done == end:
+      preempted = preempt.reached(done)  # Every step, on every process.
+      if preempted or done % config.checkpoint_every == 0 or done == end:
         ckpt_lib.save(mgr, done, state, it, force=True)
+      if preempted:
+        logging.warning('Preempted at step %d: saved a checkpoint there; '
+                        'rerun the same command to resume.', done)
+        final = dict(final, preempted=True)
+        break
     mgr.wait_until_finished()
     mgr.close()
   writer.close()
