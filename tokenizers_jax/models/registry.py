@@ -96,6 +96,18 @@ def _build_neurorvq(config, rngs):
       rngs=rngs)
 
 
+def _build_token_generator(config, rngs):
+  """MaskGIT and the autoregressive transformer (config.task='tokens'):
+  the token layout comes from config.tokens (the pretokenized manifest)."""
+  from tokenizers_jax.models.autoregressive import AutoregressiveTransformer  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.models.maskgit import MaskGIT  # pylint: disable=g-import-not-at-top
+  cls = MaskGIT if config.model_name == 'maskgit' else AutoregressiveTransformer
+  t = config.tokens
+  return cls(codebook_size=t.codebook_size, token_shape=tuple(t.token_shape),
+             num_levels=t.num_levels, num_classes=t.num_classes,
+             dtype=_dtype(config), rngs=rngs, **_model_kwargs(config))
+
+
 # model_name -> (builder, 'module:Class' of the model, for static attributes).
 MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
     'vqgan': (_build_vqgan, 'vqgan:VQGAN'),
@@ -107,6 +119,8 @@ MODELS: dict[str, tuple[Callable[..., nnx.Module], str]] = {
     'flextok': (_build_flextok, 'flextok:FlexTok'),
     'audio_codec': (_build_audio_codec, 'audio_codec:AudioCodec'),
     'neurorvq': (_build_neurorvq, 'neurorvq:NeuroRVQ'),
+    'maskgit': (_build_token_generator, 'maskgit:MaskGIT'),
+    'ar': (_build_token_generator, 'autoregressive:AutoregressiveTransformer'),
 }
 
 

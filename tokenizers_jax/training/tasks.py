@@ -67,6 +67,7 @@ _TASKS = {
     'image': 'tokenizers_jax.training.image_task:TASK',
     'audio': 'tokenizers_jax.training.audio_task:TASK',
     'eeg': 'tokenizers_jax.training.eeg_task:TASK',
+    'tokens': 'tokenizers_jax.training.tokens_task:TASK',
 }
 
 
