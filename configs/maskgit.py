@@ -11,7 +11,8 @@ Modifiers: dir=PRETOKENIZED_DIR, steps=N, batch=N, bf16.
       --split=validation
   python -m tokenizers_jax.train --config=configs/maskgit.py:tiny,dir=/tmp/tok \
       --workdir=/tmp/maskgit
-  python -m tokenizers_jax.sample --workdir=/tmp/maskgit --num=16 --output=/tmp/s
+  python -m tokenizers_jax.sample --workdir=/tmp/maskgit --num=16 \
+      --output=/tmp/s
 """
 
 import ml_collections

@@ -23,22 +23,28 @@ import os
 from absl import app
 from absl import flags
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Tokenizer training workdir.')
-_OUTPUT = flags.DEFINE_string('output', None, 'Output directory.')
-_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'validation'],
-                           'Split of the tokenizer run\'s dataset.')
-_FLIP = flags.DEFINE_bool('flip', False,
-                          'Images: also encode each horizontal mirror.')
-_BATCH = flags.DEFINE_integer('batch_size', 64, 'Examples per encode call.')
-_SHARD = flags.DEFINE_integer('shard_size', 1024,
-                              'Examples per shard (the unit of resumption).')
-_NO_EMA = flags.DEFINE_bool('no_ema', False, 'Raw instead of EMA weights.')
-_COORD = flags.DEFINE_string('coordinator_address', None,
-                             'host:port of process 0.')
-_NPROC = flags.DEFINE_integer('num_processes', None, 'Number of processes.')
-_PID = flags.DEFINE_integer('process_id', None, 'This process id.')
-_AUTO = flags.DEFINE_bool('distributed_auto', False,
-                          'jax.distributed auto-detect.')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """The command-line flags (defined only when run as a command, so that
+  the module imports next to other commands)."""
+  flags.DEFINE_string('workdir', None, 'Tokenizer training workdir.')
+  flags.DEFINE_string('output', None, 'Output directory.')
+  flags.DEFINE_enum('split', 'train', ['train', 'validation'],
+                    'Split of the tokenizer run\'s dataset.')
+  flags.DEFINE_bool('flip', False,
+                    'Images: also encode each horizontal mirror.')
+  flags.DEFINE_integer('batch_size', 64, 'Examples per encode call.')
+  flags.DEFINE_integer('shard_size', 1024,
+                       'Examples per shard (the unit of resumption).')
+  flags.DEFINE_bool('no_ema', False, 'Raw instead of EMA weights.')
+  flags.DEFINE_string('coordinator_address', None,
+                      'host:port of process 0.')
+  flags.DEFINE_integer('num_processes', None, 'Number of processes.')
+  flags.DEFINE_integer('process_id', None, 'This process id.')
+  flags.DEFINE_bool('distributed_auto', False,
+                    'jax.distributed auto-detect.')
 
 
 def run(workdir: str, output: str, *, split: str = 'train', flip: bool = False,
@@ -68,23 +74,48 @@ def run(workdir: str, output: str, *, split: str = 'train', flip: bool = False,
   return stats
 
 
+def write_random_tokenizer(config, workdir: str, step: int = 0) -> str:
+  """A tokenizer workdir with the untrained (random) weights of `config`'s
+  model: config.json and a checkpoint holding only the generator, which is
+  all `Tokenizer.from_workdir` reads. For tests and notebooks that need a
+  tokenizer quickly; its tokens mean nothing."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import core  # pylint: disable=g-import-not-at-top
+  _, params, rest = core.split(registry.build_model(config))
+  state = jax.tree.map(np.asarray, {'step': np.zeros((), np.int32) + step,
+                                    'gen': {'params': params, 'rest': rest}})
+  os.makedirs(workdir, exist_ok=True)
+  mgr = ckpt_lib.manager(workdir, keep=1, async_save=False)
+  ckpt_lib.save(mgr, step, state, force=True)
+  mgr.wait_until_finished()
+  mgr.close()
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(config.to_json_best_effort(indent=2))
+  return workdir
+
+
 def main(argv):
   del argv
   from tokenizers_jax.training import distributed  # pylint: disable=g-import-not-at-top
-  distributed.maybe_initialize(_COORD.value, _NPROC.value, _PID.value,
-                               auto=_AUTO.value)
-  stats = run(_WORKDIR.value, _OUTPUT.value, split=_SPLIT.value,
-              flip=_FLIP.value, batch_size=_BATCH.value,
-              shard_size=_SHARD.value, use_ema=not _NO_EMA.value)
+  f = FLAGS
+  distributed.maybe_initialize(f.coordinator_address, f.num_processes,
+                               f.process_id, auto=f.distributed_auto)
+  stats = run(FLAGS.workdir, FLAGS.output, split=FLAGS.split,
+              flip=FLAGS.flip, batch_size=FLAGS.batch_size,
+              shard_size=FLAGS.shard_size, use_ema=not FLAGS.no_ema)
   manifest = stats.pop('manifest', None)
   print(json.dumps(stats, indent=2))
   if manifest is not None:
-    print(f'manifest: {os.path.join(_OUTPUT.value, "manifest.json")} '
-          f'({manifest["splits"][_SPLIT.value]["count"]} {_SPLIT.value} '
+    print(f'manifest: {os.path.join(FLAGS.output, "manifest.json")} '
+          f'({manifest["splits"][FLAGS.split]["count"]} {FLAGS.split} '
           f'records, token shape {manifest["token_shape"]}, codebook '
           f'{manifest["codebook_size"]})')
 
 
 if __name__ == '__main__':
+  _define_flags()
   flags.mark_flags_as_required(['workdir', 'output'])
   app.run(main)
