@@ -22,9 +22,9 @@ Two forms of the step (`--steps`):
             at its start (`abstract.gather_params`: one all-gather of the
             parameters, gradients reduced back to the parameter shardings).
 
-Optimizer states are sharded like their parameters in both (the sharding
-`core.build_state` means to give them; today it leaves them replicated, see
-the 'opt/device now' column).
+Optimizer states are sharded like their parameters in both, as
+`core.build_state` shards them (until commit efa86df it replicated them:
+the 'opt/device replicated' column is what each device then held).
 
 The memory figures are XLA:CPU's buffer assignment for the SPMD program; a
 GPU or TPU compile schedules and fuses differently. Compiles use
@@ -160,7 +160,7 @@ def table(rows: list[dict]) -> str:
   lines = [
       '| config | params (M) | mesh data×fsdp | step | batch/dev b1, b2 '
       '| arg GiB | temp GiB b1 / b2 | footprint GiB b1 / b2 '
-      '| params sharded | opt sharded | opt/device now GiB '
+      '| params sharded | opt sharded | opt/device replicated GiB '
       '| AR | AG | RS | A2A | CP | max batch/dev 16 GiB | 80 GiB '
       '| compile s |',
       '|' + '---|' * 19]

@@ -25,7 +25,6 @@ from absl.testing import parameterized
 from flax import nnx
 import jax
 import numpy as np
-import pytest
 
 from tokenizers_jax import config_lib
 from tokenizers_jax import sharding as sharding_lib

@@ -22,8 +22,8 @@ for `mesh`:
     sizes on `mesh` do not divide: the rule of `sharding.state_shardings`;
   * optimizer states (`state['X_opt']`): each leaf like the parameter of
     `state['X']['params']` it belongs to (`opt_state_shardings`).
-    `core.build_state` today leaves them replicated (`jax.jit(tx.init)`
-    without `out_shardings`); `opt_shardings='as_created'` keeps that.
+    `core.build_state` shards them the same way (`core.opt_state_shardings`);
+    `opt_shardings='as_created'` keeps whatever `create` gave them.
 
 Configs with a perceptual loss need local LPIPS weight files; when none are
 given, random weights are written to a temporary .npz pair (the FLOPs and
@@ -167,9 +167,8 @@ def abstract_create(config, mesh, *, opt_shardings: str = 'params'):
   task = tasks.get_task(config)
   one = sharding_lib.make_mesh((1,) * len(mesh.axis_names), mesh.axis_names,
                                devices=[mesh.devices.flat[0]])
-  # Not under `jax.set_mesh`: there `LPIPS.from_files` (nnx.eval_shape)
-  # fails on LPIPS's logical names, which are not mesh axes.
-  trainer, state, _ = task.create(config, one)
+  with jax.set_mesh(one):  # As the training loop calls it.
+    trainer, state, _ = task.create(config, one)
   sds = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(
           x.shape, x.dtype,
