@@ -32,8 +32,10 @@ memory do not depend on the values).
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
 import tempfile
 from typing import Any
 
@@ -116,11 +118,13 @@ _LPIPS_FILES: dict[str, tuple[str, str]] = {}
 
 def random_lpips_files() -> tuple[str, str]:
   """(VGG16, LPIPS heads) .npz files of random weights in a temporary
-  directory, in the layout `LPIPS.from_files` reads (cached per process)."""
+  directory, in the layout `LPIPS.from_files` reads (cached per process,
+  removed at exit)."""
   if 'files' not in _LPIPS_FILES:
     from tokenizers_jax.losses import perceptual  # pylint: disable=g-import-not-at-top
     rng = np.random.default_rng(0)
     d = tempfile.mkdtemp(prefix='random_lpips_')
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
     vgg = {}
     for i, cin, cout in perceptual.VGG16_CONVS:
       vgg[f'features.{i}.weight'] = rng.normal(
