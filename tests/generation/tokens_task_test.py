@@ -178,3 +178,36 @@ def test_residual_tokens_end_to_end(tmp_path):
     written = sample_lib.run(str(tmp_path / name), str(tmp_path / f'{name}_s'),
                              num=2, batch_size=2)
     assert np.load(written['tokens']).shape == (2, 8, 8, 2)
+
+
+@pytest.mark.slow  # A codec build, pretokenize, 6 steps and sampling (~40 s).
+def test_audio_tokens_end_to_end(tmp_path):
+  """Audio: variable-length utterance tokens, training on crops of
+  `data.crop_tokens`, bits per second, WAV samples."""
+  import soundfile  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax import pretokenize  # pylint: disable=g-import-not-at-top
+  c = config_lib.load_config_file(
+      os.path.join(conftest.REPO, 'configs', 'audio_codec.py') + ':test')
+  c.data.source = 'fake:6'
+  wd = pretokenize.write_random_tokenizer(c, str(tmp_path / 'codec'))
+  out = str(tmp_path / 'tokens')
+  for split in ('train', 'validation'):
+    stats = pretokenize.run(wd, out, split=split, batch_size=4,
+                            log=lambda _: None)
+  manifest = stats['manifest']
+  assert manifest['token_shape'] == [None]
+  assert manifest['tokens_per_second'] == 16000 / manifest['hop']
+  config = get_config('ar', out)
+  config.data.crop_tokens = 20
+  config.data.global_batch_size = config.data.eval_batch_size = 8
+  with pytest.raises(config_lib.ConfigError, match='crop_tokens'):
+    bad = get_config('ar', out)
+    tokens_task.validate_config(bad)
+  final = train_lib.train_and_evaluate(config, str(tmp_path / 'ar'))
+  np.testing.assert_allclose(
+      final['eval/bits_per_second'],
+      final['eval/bits_per_token'] * manifest['tokens_per_second'], rtol=1e-9)
+  written = sample_lib.run(str(tmp_path / 'ar'), str(tmp_path / 's'), num=2,
+                           batch_size=2)
+  wav, rate = soundfile.read(written['wavs'][0])
+  assert rate == 16000 and wav.shape == (20 * manifest['hop'],)

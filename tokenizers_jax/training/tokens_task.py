@@ -13,7 +13,8 @@ config.json describes it without the data.
 Batches: {'tokens': int32 [b, *token_shape], 'label': int32 [b], 'mask':
 bool [b]} (+ 'valid': bool [b, T] for audio crops, `data.crop_tokens`).
 
-Evaluation over the held-out split (the tokenizer's validation split):
+Evaluation over the held-out split (the tokenizer's validation split;
+audio: the first `data.crop_tokens` tokens of each utterance):
   eval/bits_per_image (audio: eval/bits_per_example, eval/bits_per_second)
       negative log-likelihood with the null label, in bits: exact for the
       autoregressive model; for MaskGIT the any-order upper bound
@@ -295,7 +296,7 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   picture = None
   tok = load_tokenizer(config) if facts.modality == 'image' else None
   if tok is not None:
-    sampler = make_sampler(trainer, config, use_ema)
+    sampler = make_sampler(trainer, config, mesh, use_ema)
     k = int(config.num_grid_images)
     labels = jnp.asarray(grid_labels(config, k))
     ids = np.asarray(jax.device_get(sampler(state, base_key, labels)))
