@@ -113,12 +113,35 @@ def tokens(name: str, tok_dir: str) -> str:
   return out
 
 
+def evaluate_split(workdir: str, split: str) -> dict:
+  """The latest checkpoint's evaluation over a whole pretokenized split."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import tasks  # pylint: disable=g-import-not-at-top
+  config = train_lib.load_config(workdir)
+  with config.unlocked():
+    config.eval.split = split
+  task = tasks.get_task(config)
+  task.validate_config(config)
+  mesh = train_lib.make_mesh(config)
+  with jax.set_mesh(mesh):
+    trainer, state, _ = task.create(config, mesh)
+    state, _ = ckpt_lib.restore_state_only(workdir, state)
+    results, _ = task.evaluate(trainer, state, config, mesh, num_batches=-1)
+  return results
+
+
 def generator(gen: str, name: str, tok_data: str) -> dict:
   workdir = os.path.join(FLAGS.workdir, f'{gen}_{name}')
   done = os.path.join(workdir, 'result.json')
   if os.path.exists(done):
     with open(done) as f:
-      return json.load(f)
+      result = json.load(f)
+    if 'train_split/bits_per_image' not in result:
+      result.update(_train_split(workdir))
+      with open(done, 'w') as f:
+        json.dump(result, f, indent=2)
+    return result
   config = config_lib.load_config_file(f'{GENERATORS[gen]},dir={tok_data}')
   config.total_steps = FLAGS.steps
   config.eval_every = config.checkpoint_every = FLAGS.steps
@@ -137,23 +160,33 @@ def generator(gen: str, name: str, tok_data: str) -> dict:
             'codebook_size': manifest['codebook_size'],
             'train_records': manifest['splits']['train']['count'],
             'minutes': minutes, 'grids': grids,
-            **{k: v for k, v in final.items() if k.startswith('eval/')}}
+            **{k: v for k, v in final.items() if k.startswith('eval/')},
+            **_train_split(workdir)}
   with open(done, 'w') as f:
     json.dump(result, f, indent=2)
   return result
 
 
+def _train_split(workdir: str) -> dict:
+  """Bits per image over the whole training split (memorisation)."""
+  r = evaluate_split(workdir, 'train')
+  return {'train_split/bits_per_image': r['eval/bits_per_image'],
+          'train_split/bits_per_token': r['eval/bits_per_token']}
+
+
 def table(results) -> str:
   lines = ['| tokenizer | tokens | raw bits / image | generator | steps | '
-           'held-out bits / image | bits / token | minutes |',
-           '|' + '---|' * 8]
+           'held-out bits / image | bits / token | training-split bits / '
+           'image | minutes |',
+           '|' + '---|' * 9]
   for r in results:
     shape = 'x'.join(str(s) for s in r['token_shape'])
     lines.append(
         f'| {r["tokenizer"]} | {shape} of {r["codebook_size"]} | '
         f'{r["eval/uniform_bits_per_image"]:.0f} | {r["generator"]} | '
         f'{r["steps"]} | {r["eval/bits_per_image"]:.1f} | '
-        f'{r["eval/bits_per_token"]:.3f} | {r["minutes"]:.1f} |')
+        f'{r["eval/bits_per_token"]:.3f} | '
+        f'{r["train_split/bits_per_image"]:.1f} | {r["minutes"]:.1f} |')
   return '\n'.join(lines)
 
 

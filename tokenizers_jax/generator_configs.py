@@ -32,9 +32,10 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
                   choice_temperature=4.5)
   # elbo_samples: stratified mask sizes per example for MaskGIT's bound.
   # gFID/IS need the FID Inception weights as a local file.
+  # split: the pretokenized split evaluate() reads.
   c.eval = dict(
       inception_path=ml_collections.FieldReference(None, field_type=str),
-      num_fid_samples=1000, elbo_samples=4)
+      num_fid_samples=1000, elbo_samples=4, split='validation')
   c.optim = dict(lr=1e-3, b1=0.9, b2=0.95, warmup_steps=100,
                  schedule='cosine', end_lr_factor=0.1, grad_clip=1.0,
                  weight_decay=0.01, frozen=())

@@ -13,8 +13,9 @@ config.json describes it without the data.
 Batches: {'tokens': int32 [b, *token_shape], 'label': int32 [b], 'mask':
 bool [b]} (+ 'valid': bool [b, T] for audio crops, `data.crop_tokens`).
 
-Evaluation over the held-out split (the tokenizer's validation split;
-audio: the first `data.crop_tokens` tokens of each utterance):
+Evaluation over the held-out split (the tokenizer's validation split, or
+`eval.split`; audio: the first `data.crop_tokens` tokens of each
+utterance):
   eval/bits_per_image (audio: eval/bits_per_example, eval/bits_per_second)
       negative log-likelihood with the null label, in bits: exact for the
       autoregressive model; for MaskGIT the any-order upper bound
@@ -160,9 +161,13 @@ def train_step(trainer: core.Trainer, state: dict, batch: dict):
 
 
 def dataset(config, train: bool, batch_size: int | None = None):
+  """Training batches, or one evaluation pass over `eval.split` (default
+  'validation'; 'train' measures how much of the training data is
+  memorised)."""
   d = config.data
+  split = None if train else (config.eval.get('split', None) or 'validation')
   return tokens_lib.make_token_dataset(
-      d.dir, train=train,
+      d.dir, split=split, train=train,
       global_batch_size=batch_size or (d.global_batch_size if train
                                        else d.eval_batch_size),
       seed=config.seed, crop_tokens=d.get('crop_tokens', 0) or None,
@@ -210,15 +215,16 @@ def grid_labels(config, n: int) -> np.ndarray:
   return np.asarray([present[i % len(present)] for i in range(n)], np.int32)
 
 
-def make_sampler(trainer, config, use_ema: bool = True):
-  """jit (state, key, labels [B]) -> tokens [B, *token_shape]."""
-  @jax.jit
+def make_sampler(trainer, config, mesh, use_ema: bool = True):
+  """jit (state, key, labels [B]) -> tokens [B, *token_shape], replicated
+  (every process can read and decode them)."""
+
   def sample(state, key, labels):
     params = core.eval_params(state, config, use_ema)
     gen = trainer.merge_gen(params, state['gen']['rest'])
     return gen.generate(key, labels, **sample_kwargs(config, gen))
 
-  return sample
+  return jax.jit(sample, out_shardings=NamedSharding(mesh, P()))
 
 
 def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
