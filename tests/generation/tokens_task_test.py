@@ -151,6 +151,7 @@ def test_inception_score_formula():
       generation.inception_score(np.zeros((6, 10)))[0], 1.0, rtol=1e-9)
 
 
+@pytest.mark.slow  # Another tokenizer, two runs and samplers (~60-150 s).
 def test_residual_tokens_end_to_end(tmp_path):
   """An RVQ tokenizer (tokens [8, 8, 2]): the manifest names the levels and
   both generators train a step and sample through the depth head."""
