@@ -21,6 +21,26 @@ the later registers, so `encode(x, num_tokens=k)` is a true prefix code.
 
 The VAE stage of FlexTok is skipped: the flow runs on pixels in [-1, 1]
 (patchify is FlexTok's fixed 2x2 latent patchification applied to pixels).
+With `channels=C` the model's input is any [B, H, W, C] array instead, e.g.
+the latents of FlexTok's VAE (what a converted release works on).
+
+The release's layout (`trunk='flextok'`, default off; what
+`convert/flextok.py` builds): `FlexBlock`s, i.e. pre-LN blocks with
+parameter-free LayerNorms (eps 1e-5), separate bias-free q/k/v projections
+fused here into one `qkv`, a parameter-free LayerNorm on each head of q and k,
+logits scaled by `attn_scale` (the release's muP 8 / head_dim), and a SwiGLU
+MLP (`fc1`, gate `fc3`, `fc2`, hidden int(2 int(D mlp_ratio) / 3)); decoder
+blocks get adaLN-zero modulation (gate_msa, gate_mlp, shift_msa, scale_msa,
+shift_mlp, scale_mlp) from the time embedding, one set for the patches and
+one for the registers when `adaln_groups=2`. The time embedding is
+[cos | sin] of `time_embed_scale` t 256^(-i/(F/2)) over `time_freq_dim` F
+(the release: F = 256, max period 256, scale 1000 / max_timestep) through
+two linears. `register_pos_before_dropout`: the decoder's register positions
+are added before the nested-dropout mask token replaces registers >= k (the
+release's order; by default they are added after). `null_cond` ('zero' or
+'learned'): the unconditional branch (guidance, `cond_dropout`) replaces all
+registers by zeros or a learned token (the release's `ZeroNullCond` /
+`LearnedNullCond`) instead of masking all of them.
 
 Loss terms (`ModelOutput.terms` in train mode, unweighted; the task weights
 them from `config.loss.weights`): `flow` = E||v - (noise - x0)||², and with
@@ -58,6 +78,9 @@ from tokenizers_jax.quantizers import registry
 Array = jax.Array
 Dtype = Any
 NESTED_DROPOUT = (None, 'uniform', 'pow2')
+TRUNKS = ('vit', 'flextok')
+NULL_CONDS = (None, 'zero', 'learned')
+FLEX_LN_EPS = 1e-5  # FlexTok's Fp32LayerNorm (torch's default epsilon).
 
 
 def encoder_mask(num_patches: int, num_registers: int,
@@ -103,6 +126,115 @@ def nested_dropout(tokens: Array, num_kept: Array, mask_token: Array) -> Array:
   return jnp.where(keep, tokens, mask_token.astype(tokens.dtype))
 
 
+# -----------------------------------------------------------------------------
+# The release's transformer layout (trunk='flextok').
+# -----------------------------------------------------------------------------
+
+
+def _plain_norm(width: int, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  """A LayerNorm without scale or bias (FlexTok's default norm_layer)."""
+  return nnx.LayerNorm(width, epsilon=FLEX_LN_EPS, use_bias=False,
+                       use_scale=False, dtype=dtype, rngs=rngs)
+
+
+class GatedMlp(nnx.Module):
+  """SwiGLU: fc2(silu(fc1(x)) * fc3(x))."""
+
+  def __init__(self, width: int, hidden: int, *, use_bias: bool = False,
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    def lin(din, dout, names):
+      return nnx.Linear(din, dout, use_bias=use_bias, dtype=dtype, rngs=rngs,
+                        kernel_metadata=qbase.logical(*names),
+                        bias_metadata=qbase.logical(names[1]))
+    self.fc1 = lin(width, hidden, ('embed', 'mlp'))
+    self.fc3 = lin(width, hidden, ('embed', 'mlp'))
+    self.fc2 = lin(hidden, width, ('mlp', 'embed'))
+
+  def __call__(self, x: Array) -> Array:
+    return self.fc2(nnx.silu(self.fc1(x)) * self.fc3(x))
+
+
+def _group_ids(segments: tuple[int, ...]) -> np.ndarray:
+  """[sum(segments)] token -> modulation group (0 for the first segment...)."""
+  return np.concatenate([np.full((n,), i, np.int32)
+                         for i, n in enumerate(segments)])
+
+
+class FlexBlock(nnx.Module):
+  """FlexTok's block; with `adaln_groups` > 0, adaLN-zero from c [B, D]
+  (`groups` sets: token segment g uses set g)."""
+
+  def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
+               adaln_groups: int = 0, qk_norm: bool = True,
+               qkv_bias: bool = False, mlp_bias: bool = False,
+               attn_scale: float | None = None, dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.norm1 = _plain_norm(width, **kw)
+    self.attn = vit.Attention(width, num_heads, qk_norm='layer' if qk_norm
+                          else None, norm_epsilon=FLEX_LN_EPS,
+                          use_bias=qkv_bias, scale=attn_scale, **kw)
+    self.norm2 = _plain_norm(width, **kw)
+    hidden = int(2 * int(width * mlp_ratio) / 3)
+    self.mlp = GatedMlp(width, max(hidden, 1), use_bias=mlp_bias, **kw)
+    self.groups = adaln_groups
+    self.ada = (vit.linear(width, adaln_groups * 6 * width, ('embed', 'mlp'),
+                           zero=True, **kw) if adaln_groups else None)
+
+  def _modulation(self, c: Array, segments) -> list[Array]:
+    """c [B, D] -> six [B, N or 1, D] (gate_msa, gate_mlp, shift_msa,
+    scale_msa, shift_mlp, scale_mlp)."""
+    b, d = c.shape
+    mod = self.ada(nnx.silu(c)).reshape(b, self.groups, 6, d)
+    if self.groups > 1:  # (One group: [B, 1, 6, D], the same for all.)
+      if segments is None or len(segments) != self.groups:
+        raise ValueError(f'{self.groups} adaLN groups need as many token '
+                         f'segments; got {segments}')
+      mod = jnp.take(mod, jnp.asarray(_group_ids(segments)), axis=1)
+    return [mod[:, :, i] for i in range(6)]
+
+  def __call__(self, x: Array, c: Array | None = None,
+               mask: Array | None = None, segments=None) -> Array:
+    if self.ada is None:
+      x = x + self.attn(self.norm1(x), mask)
+      return x + self.mlp(self.norm2(x))
+    g1, g2, sh1, sc1, sh2, sc2 = self._modulation(c, segments)
+    x = x + g1 * self.attn(self.norm1(x) * (1 + sc1) + sh1, mask)
+    return x + g2 * self.mlp(self.norm2(x) * (1 + sc2) + sh2)
+
+
+class FlexTransformer(nnx.Module):
+  """`depth` FlexBlocks and a parameter-free final LayerNorm (the release's
+  readout norm), adaLN-modulated (shift, scale) by c with `final_adaln`.
+  Same call signature as `vit.Transformer` / `vit.AdaLNTransformer`."""
+
+  def __init__(self, width: int, depth: int, num_heads: int,
+               mlp_ratio: float = 4.0, *, adaln_groups: int = 0,
+               final_adaln: bool = False, dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs, **block_kw):
+    kw = dict(dtype=dtype, rngs=rngs)
+    self.blocks = nnx.List([
+        FlexBlock(width, num_heads, mlp_ratio, adaln_groups=adaln_groups,
+                  **block_kw, **kw) for _ in range(depth)])
+    self.norm = _plain_norm(width, **kw)
+    self.ada = (vit.linear(width, 2 * width, ('embed', 'mlp'), zero=True,
+                           **kw) if final_adaln else None)
+
+  def __call__(self, x: Array, c: Array | None = None,
+               mask: Array | None = None, return_layer: int | None = None,
+               segments=None):
+    hidden = None
+    for i, block in enumerate(self.blocks):
+      x = block(x, c, mask, segments)
+      if return_layer == i + 1:
+        hidden = x
+    out = self.norm(x)
+    if self.ada is not None:
+      shift, scale = jnp.split(self.ada(nnx.silu(c)), 2, axis=-1)
+      out = vit.modulate(out, shift, scale)
+    return out if return_layer is None else (out, hidden)
+
+
 class FlexTok(nnx.Module):
   """FlexTok 1D tokenizer (see the module docstring).
 
@@ -120,6 +252,16 @@ class FlexTok(nnx.Module):
     num_sample_steps, guidance_scale, sample_seed: the eval/decode sampler.
     repa: None (off) or dict(layer=, teacher=<make_teacher spec>,
       proj_dim=).
+    channels: C, the input's channels (3 for images; a VAE's latent width).
+    trunk: 'vit' (ours) or 'flextok' (the release's blocks, see the module
+      docstring); the options below apply to 'flextok' only:
+      qk_norm, qkv_bias, mlp_bias: per-head q/k LayerNorm; biases.
+      attn_scale: attention logit scale (None: head_dim ** -0.5).
+      adaln_groups: 1 (one modulation for all decoder tokens) or 2 (patches
+        and registers separately).
+    time_freq_dim, time_max_period, time_embed_scale: the sinusoidal time
+      embedding (defaults: width, 10000, 1000).
+    register_pos_before_dropout, null_cond: see the module docstring.
   """
 
   modality = 'image'
@@ -137,6 +279,14 @@ class FlexTok(nnx.Module):
                time_scale: float = 1.0,
                num_sample_steps: int = 8, guidance_scale: float = 1.0,
                sample_seed: int = 0, repa: dict[str, Any] | None = None,
+               channels: int = 3, trunk: str = 'vit', qk_norm: bool = True,
+               qkv_bias: bool = False, mlp_bias: bool = False,
+               attn_scale: float | None = None, adaln_groups: int = 1,
+               time_freq_dim: int | None = None,
+               time_max_period: float = 10000.0,
+               time_embed_scale: float = 1000.0,
+               register_pos_before_dropout: bool = False,
+               null_cond: str | None = None,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size {image_size} is not divisible by '
@@ -152,6 +302,15 @@ class FlexTok(nnx.Module):
     if num_sample_steps < 1:
       raise ValueError(f'num_sample_steps must be >= 1; got '
                        f'{num_sample_steps}')
+    if trunk not in TRUNKS:
+      raise ValueError(f'unknown trunk {trunk!r}; known: {TRUNKS}')
+    if null_cond not in NULL_CONDS:
+      raise ValueError(f'unknown null_cond {null_cond!r}; known: '
+                       f'{NULL_CONDS}')
+    if adaln_groups not in (1, 2):
+      raise ValueError(f'adaln_groups must be 1 or 2; got {adaln_groups}')
+    if trunk == 'vit' and adaln_groups != 1:
+      raise ValueError("adaln_groups=2 needs trunk='flextok'")
     kw = dict(dtype=dtype, rngs=rngs)
     quantizer = dict(quantizer or dict(name='fsq', levels=(8, 8, 8, 5, 5, 5)))
     self.image_size = image_size
@@ -166,17 +325,30 @@ class FlexTok(nnx.Module):
     self.num_sample_steps = num_sample_steps
     self.guidance_scale = guidance_scale
     self.sample_seed = sample_seed
-    pdim = patch_size * patch_size * 3
+    self.channels = channels
+    pdim = patch_size * patch_size * channels
     self.causal_registers = causal_registers
     self.width = width
+    self.trunk = trunk
+    self.time_freq_dim = time_freq_dim or width
+    self.time_max_period = time_max_period
+    self.time_embed_scale = time_embed_scale
+    self.register_pos_before_dropout = register_pos_before_dropout
+    self.null_cond = null_cond
+    flex_kw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, mlp_bias=mlp_bias,
+                   attn_scale=attn_scale)
     # Encoder.
     self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
     self.registers = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (num_registers, width)),
         **qbase.logical(None, 'embed'))
     self.register_pos = vit.learned_pos(num_registers, width, rngs)
-    self.encoder = vit.Transformer(width, encoder_depth, num_heads, mlp_ratio,
-                                   **kw)
+    if trunk == 'flextok':
+      self.encoder = FlexTransformer(width, encoder_depth, num_heads,
+                                     mlp_ratio, **flex_kw, **kw)
+    else:
+      self.encoder = vit.Transformer(width, encoder_depth, num_heads,
+                                     mlp_ratio, **kw)
     self.to_code = vit.linear(width, embed_dim, ('embed', 'code_dim'), **kw)
     self.quantizer = registry.make_quantizer(quantizer.pop('name'),
                                              dim=embed_dim, rngs=rngs,
@@ -186,12 +358,20 @@ class FlexTok(nnx.Module):
     self.mask_token = nnx.Param(
         0.02 * jax.random.normal(rngs.params(), (width,)),
         **qbase.logical('embed'))
+    self.null_token = (nnx.Param(jnp.zeros((width,)), **qbase.logical('embed'))
+                       if null_cond == 'learned' else None)
     self.dec_register_pos = vit.learned_pos(num_registers, width, rngs)
     self.noisy_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
-    self.time_mlp1 = vit.linear(width, width, ('embed', 'mlp'), **kw)
+    self.time_mlp1 = vit.linear(self.time_freq_dim, width, ('embed', 'mlp'),
+                                **kw)
     self.time_mlp2 = vit.linear(width, width, ('mlp', 'embed'), **kw)
-    self.decoder = vit.AdaLNTransformer(width, decoder_depth, num_heads,
-                                        width, mlp_ratio, **kw)
+    if trunk == 'flextok':
+      self.decoder = FlexTransformer(width, decoder_depth, num_heads,
+                                     mlp_ratio, adaln_groups=adaln_groups,
+                                     final_adaln=True, **flex_kw, **kw)
+    else:
+      self.decoder = vit.AdaLNTransformer(width, decoder_depth, num_heads,
+                                          width, mlp_ratio, **kw)
     self.out = vit.linear(width, pdim, ('embed', 'embed_in'), zero=True, **kw)
     repa = dict(repa or {})
     self.repa_layer = int(repa.get('layer', 1)) if repa else None
@@ -239,9 +419,9 @@ class FlexTok(nnx.Module):
 
   def encode_latents(self, x: Array) -> Array:
     """[B, H, W, 3] -> pre-quantization register latents [B, R, E]."""
-    s = self.image_size
-    if x.ndim != 4 or tuple(x.shape[1:]) != (s, s, 3):
-      raise ValueError(f'FlexTok expects images [B, {s}, {s}, 3]; got '
+    s, ch = self.image_size, self.channels
+    if x.ndim != 4 or tuple(x.shape[1:]) != (s, s, ch):
+      raise ValueError(f'FlexTok expects images [B, {s}, {s}, {ch}]; got '
                        f'{tuple(x.shape)}')
     b = x.shape[0]
     t = self.patch_embed(vit.patchify(x, self.patch_size))
@@ -249,19 +429,29 @@ class FlexTok(nnx.Module):
     reg = (self.registers[...] + self.register_pos[...]).astype(t.dtype)
     h = self.encoder(
         jnp.concatenate([t, jnp.broadcast_to(reg, (b,) + reg.shape)], axis=1),
-        jnp.asarray(encoder_mask(self.num_patches, self.num_registers,
-                                 self.causal_registers)))
+        mask=jnp.asarray(encoder_mask(self.num_patches, self.num_registers,
+                                      self.causal_registers)))
     return self.to_code(h[:, self.num_patches:])
 
   # ---- decoder ---------------------------------------------------------------
 
   def condition(self, zq: Array, num_kept: Array | None) -> Array:
     """Quantized registers [B, R, E] -> decoder register tokens [B, R, D]
-    (registers >= num_kept[b] replaced by the mask token)."""
+    (registers >= num_kept[b] replaced by the mask token; with `null_cond`,
+    all registers of a sample with num_kept 0 are the null condition)."""
     r = self.from_code(zq)
+    pos = self.dec_register_pos[...].astype(r.dtype)
+    if self.register_pos_before_dropout:
+      r = r + pos
     if num_kept is not None:
       r = nested_dropout(r, num_kept, self.mask_token[...])
-    return r + self.dec_register_pos[...].astype(r.dtype)
+    if not self.register_pos_before_dropout:
+      r = r + pos
+    if self.null_cond is not None and num_kept is not None:
+      null = (jnp.zeros((self.width,), r.dtype) if self.null_token is None
+              else self.null_token[...].astype(r.dtype))
+      r = jnp.where((num_kept == 0)[:, None, None], null, r)
+    return r
 
   def velocity(self, x_t: Array, t: Array, cond: Array,
                return_layer: int | None = None):
@@ -271,10 +461,16 @@ class FlexTok(nnx.Module):
     s, p = self.image_size, self.patch_size
     h = self.noisy_embed(vit.patchify(x_t.astype(cond.dtype), p))
     h = h + jnp.asarray(self._pos_2d(), h.dtype)
-    c = vit.timestep_embedding(t, self.width).astype(h.dtype)
+    c = vit.timestep_embedding(t, self.time_freq_dim,
+                               max_period=self.time_max_period,
+                               scale=self.time_embed_scale).astype(h.dtype)
     c = self.time_mlp2(nnx.silu(self.time_mlp1(c)))
-    out = self.decoder(jnp.concatenate([h, cond], axis=1), c,
-                       return_layer=return_layer)
+    seq = jnp.concatenate([h, cond], axis=1)
+    if self.trunk == 'flextok':
+      out = self.decoder(seq, c, return_layer=return_layer,
+                         segments=(self.num_patches, cond.shape[1]))
+    else:
+      out = self.decoder(seq, c, return_layer=return_layer)
     out, hidden = out if return_layer else (out, None)
     v = vit.unpatchify(self.out(out[:, :self.num_patches]), p, s, s)
     if return_layer:
@@ -292,7 +488,7 @@ class FlexTok(nnx.Module):
     cond = self.condition(zq, num_kept)
     uncond = self.condition(zq, jnp.zeros((b,), jnp.int32))
     s = self.image_size
-    noise = jax.random.normal(key, (b, s, s, 3), jnp.float32)
+    noise = jax.random.normal(key, (b, s, s, self.channels), jnp.float32)
     return rf.euler_sample(lambda x, t: self.velocity(x, t, cond), noise,
                            steps, guidance_scale=w,
                            uncond_velocity_fn=lambda x, t: self.velocity(

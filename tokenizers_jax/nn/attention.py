@@ -122,6 +122,7 @@ class Attention(nnx.Module):
     causal: causal masking on every call (combined with `mask`).
     use_bias: biases on the projections.
     kernel_init: projection kernel initializer (default: `nnx.Linear`'s).
+    scale: logit scale (default hd ** -0.5; FlexTok's muP scale is 8 / hd).
     dtype: compute dtype.
     rngs: `nnx.Rngs`.
   """
@@ -130,6 +131,7 @@ class Attention(nnx.Module):
                context_dim: int | None = None, qk_norm: str | None = None,
                norm_epsilon: float = 1e-6, causal: bool = False,
                use_bias: bool = True, kernel_init: Initializer | None = None,
+               scale: float | None = None,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if width % num_heads:
       raise ValueError(f'width {width} is not divisible by num_heads '
@@ -149,6 +151,7 @@ class Attention(nnx.Module):
 
     self.num_heads = num_heads
     self.causal = causal
+    self.scale = scale
     if fused_qkv:
       self.qkv = linear(width, 3 * width, ('embed', 'heads'))
       self.q = self.k = self.v = None
@@ -190,5 +193,6 @@ class Attention(nnx.Module):
                  split_heads(self.v(src), nh))
     if self.q_norm is not None:
       q, k = self.q_norm(q), self.k_norm(k)
-    out = dot_product_attention(q, k, v, mask=mask, causal=self.causal)
+    out = dot_product_attention(q, k, v, mask=mask, causal=self.causal,
+                                scale=self.scale)
     return self.proj(out.reshape(b, n, d))
