@@ -54,7 +54,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = dict(patch_size=200, max_patches=16, branches=BRANCHES,
                  conv_channels=4, embed_dim=100, depth=2, num_heads=4,
                  decoder_depth=1, mlp_ratio=4.0, code_dim=16,
-                 loss='neurorvq')
+                 loss='neurorvq',
+                 # A converted release's options (convert/neurorvq.py sets
+                 # NeuroRVQ's: its electrode list, 'right', 1e-5, 1e-5,
+                 # 'example'); these defaults are this codebase's model.
+                 electrodes=None, temporal_align='left', norm_eps=1e-6,
+                 group_norm_eps=1e-6, group_norm_scope='patch')
   c.quantizer = ml_collections.ConfigDict(
       dict(name='rvq', num_quantizers=3, codebook_size=64, quantizer='vq',
            use_cosine_sim=True, ema_update=True, kmeans_init=True, decay=0.99,

@@ -43,6 +43,9 @@ BRANCH_KERNELS = ((21, 9), (15, 7), (9, 5), (5, 3))
 POOLS = (2, 4)
 NUM_ELECTRODES = 94  # len(data.eeg.ELECTRODES); index 0 = class token.
 LN_EPS = 1e-6
+GN_EPS = 1e-6  # flax's GroupNorm default (torch's is 1e-5).
+GN_SCOPES = ('patch', 'example')
+TEMPORAL_ALIGNS = ('left', 'right')
 
 
 # --------------------------------------------------------------------------
@@ -100,17 +103,29 @@ def _linear(din: int, dout: int, names=('embed', 'mlp'), *, dtype: Dtype,
                     bias_metadata=logical(names[1]))
 
 
-def _norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, rngs=rngs,
+def _norm(width: int, *, dtype: Dtype, rngs: nnx.Rngs,
+          eps: float = LN_EPS) -> nnx.LayerNorm:
+  return nnx.LayerNorm(width, epsilon=eps, dtype=dtype, rngs=rngs,
                        scale_metadata=logical('embed'),
                        bias_metadata=logical('embed'))
 
 
 class TemporalBranch(nnx.Module):
-  """conv(k1) -> GN -> GELU -> pool 2 -> conv(k2) -> GN -> GELU -> pool 4."""
+  """conv(k1) -> GN -> GELU -> pool 2 -> conv(k2) -> GN -> GELU -> pool 4.
+
+  `group_norm_scope`: 'patch' normalises each patch on its own; 'example'
+  takes the GroupNorm statistics over all patches of all channels of an
+  example, as NeuroRVQ's GroupNorm over its [B, K, C*A, T] image does.
+  """
 
   def __init__(self, kernels: Sequence[int], channels: int, *,
+               group_norm_eps: float = GN_EPS,
+               group_norm_scope: str = 'patch',
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if group_norm_scope not in GN_SCOPES:
+      raise ValueError(f'group_norm_scope must be one of {GN_SCOPES}; got '
+                       f'{group_norm_scope!r}')
+    self.group_norm_scope = group_norm_scope
     self.convs = nnx.List()
     self.norms = nnx.List()
     cin = 1
@@ -121,14 +136,44 @@ class TemporalBranch(nnx.Module):
           kernel_metadata=logical(None, None, 'mlp'),
           bias_metadata=logical('mlp')))
       self.norms.append(nnx.GroupNorm(channels, num_groups=min(4, channels),
-                                      dtype=dtype, rngs=rngs))
+                                      epsilon=group_norm_eps, dtype=dtype,
+                                      rngs=rngs))
       cin = channels
 
-  def __call__(self, x: Array) -> Array:
-    """[M, P] -> [M, (P/8)*K], time-major (t0k0, t0k1, ..., t1k0, ...)."""
+  def _example_norm(self, norm: nnx.GroupNorm, h: Array, rows: int,
+                    weights: Array | None) -> Array:
+    """GroupNorm with statistics over each example's `rows` patches."""
+    m, t, k = h.shape
+    g = norm.num_groups
+    hf = h.astype(jnp.float32).reshape(m // rows, rows, t, g, k // g)
+    w = (jnp.ones((m // rows, rows), jnp.float32) if weights is None else
+         weights.astype(jnp.float32).reshape(m // rows, rows))
+    w = w[:, :, None, None, None]
+    axes = (1, 2, 4)
+    n = jnp.maximum(jnp.sum(w, axes, keepdims=True) * t * (k // g), 1.0)
+    mean = jnp.sum(hf * w, axes, keepdims=True) / n
+    var = jnp.sum(w * (hf - mean) ** 2, axes, keepdims=True) / n
+    y = ((hf - mean) * jax.lax.rsqrt(var + norm.epsilon)).reshape(m, t, k)
+    y = y * norm.scale[...] + norm.bias[...]
+    return y.astype(h.dtype)
+
+  def __call__(self, x: Array, rows: int | None = None,
+               weights: Array | None = None) -> Array:
+    """[M, P] -> [M, (P/8)*K], time-major (t0k0, t0k1, ..., t1k0, ...).
+
+    rows: patches per example (consecutive rows), for the 'example' scope;
+    weights: [M] (False/0 on padded patches, left out of its statistics).
+    """
     h = x[..., None]
+    example = self.group_norm_scope == 'example'
+    if example and (rows is None or x.shape[0] % rows):
+      raise ValueError(f"group_norm_scope='example' needs rows (patches per "
+                       f'example) dividing {x.shape[0]}; got {rows}')
     for conv, norm, pool in zip(self.convs, self.norms, POOLS):
-      h = nnx.gelu(norm(conv(h)), approximate=False)
+      h = conv(h)
+      h = (self._example_norm(norm, h, rows, weights) if example
+           else norm(h))
+      h = nnx.gelu(h, approximate=False)
       h = h.reshape(h.shape[0], h.shape[1] // pool, pool, h.shape[2]).mean(2)
     return h.reshape(h.shape[0], -1)
 
@@ -142,13 +187,14 @@ class Block(attention.Attention):
   """
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
-               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               norm_eps: float = LN_EPS, dtype: Dtype = jnp.float32,
+               rngs: nnx.Rngs):
     kw = dict(dtype=dtype, rngs=rngs)
-    self.norm1 = _norm(width, **kw)
+    self.norm1 = _norm(width, eps=norm_eps, **kw)
     super().__init__(width, num_heads, qk_norm='layer', norm_epsilon=LN_EPS,
                      kernel_init=nnx.initializers.truncated_normal(0.02),
                      **kw)  # qkv, q_norm, k_norm, proj.
-    self.norm2 = _norm(width, **kw)
+    self.norm2 = _norm(width, eps=norm_eps, **kw)
     self.fc1 = _linear(width, int(width * mlp_ratio), ('embed', 'mlp'), **kw)
     self.fc2 = _linear(int(width * mlp_ratio), width, ('mlp', 'embed'), **kw)
 
@@ -160,20 +206,33 @@ class Block(attention.Attention):
 
 
 class Transformer(nnx.Module):
-  """Class token + spatial/temporal embeddings + `depth` shared blocks."""
+  """Class token + spatial/temporal embeddings + `depth` shared blocks.
+
+  temporal_align: 'left' gives patch a the temporal embedding a; 'right'
+  gives the A patches of a window the last A embeddings (max_patches - A + a),
+  as NeuroRVQ's inference code does.
+  """
 
   def __init__(self, width: int, depth: int, num_heads: int, max_patches: int,
                mlp_ratio: float = 4.0, final_norm: bool = True, *,
+               num_electrodes: int = NUM_ELECTRODES,
+               temporal_align: str = 'left', norm_eps: float = LN_EPS,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if temporal_align not in TEMPORAL_ALIGNS:
+      raise ValueError(f'temporal_align must be one of {TEMPORAL_ALIGNS}; got '
+                       f'{temporal_align!r}')
+    self.temporal_align = temporal_align
     init = lambda n: nnx.Param(
         0.02 * jax.random.truncated_normal(rngs.params(), -2, 2, (n, width)),
         **logical(None, 'embed'))
     self.cls = init(1)
-    self.spatial = init(NUM_ELECTRODES + 1)
+    self.spatial = init(num_electrodes + 1)
     self.temporal = init(max_patches)
-    self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, dtype=dtype,
-                                  rngs=rngs) for _ in range(depth)])
-    self.norm = _norm(width, dtype=dtype, rngs=rngs) if final_norm else None
+    self.blocks = nnx.List([Block(width, num_heads, mlp_ratio,
+                                  norm_eps=norm_eps, dtype=dtype, rngs=rngs)
+                            for _ in range(depth)])
+    self.norm = (_norm(width, eps=norm_eps, dtype=dtype, rngs=rngs)
+                 if final_norm else None)
 
   def __call__(self, tokens: Array, channel_ids: Array,
                mask: Array | None) -> Array:
@@ -182,8 +241,11 @@ class Transformer(nnx.Module):
     if a > self.temporal.shape[0]:
       raise ValueError(f'{a} patches exceed the {self.temporal.shape[0]} '
                        'temporal embeddings (max_patches)')
+    n = self.temporal.shape[0]
+    temporal = (self.temporal[...][n - a:] if self.temporal_align == 'right'
+                else self.temporal[...][:a])
     x = (tokens + self.spatial[...][channel_ids][None, :, None]
-         + self.temporal[...][:a][None, None])
+         + temporal[None, None])
     cls = jnp.broadcast_to(self.cls[...] + self.spatial[...][0], (b, 1, d))
     x = jnp.concatenate([cls.astype(x.dtype), x.reshape(b, c * a, d)], 1)
     key_mask = None
@@ -214,6 +276,14 @@ class EEGFrontEnd(nnx.Module):
     output: 'fourier' (NeuroRVQ's log-amplitude, sin and cos heads) or
       'time' (one head predicting the per-example standardised signal; the
       plain-MSE baseline).
+    num_electrodes: rows of the spatial embedding (+1 for the class token).
+    temporal_align: 'left' or 'right' (`Transformer`).
+    norm_eps: epsilon of the transformer and head LayerNorms (qk-norm keeps
+      1e-6).
+    group_norm_eps, group_norm_scope: the conv branches' GroupNorm
+      (`TemporalBranch`).
+    The defaults are this codebase's; NeuroRVQ's release has 103 electrodes,
+    'right', 1e-5, 1e-5 and 'example' (convert/neurorvq.py).
   """
 
   modality = 'eeg'
@@ -223,7 +293,10 @@ class EEGFrontEnd(nnx.Module):
                conv_channels: int = 8, embed_dim: int = 200, depth: int = 12,
                num_heads: int = 10, decoder_depth: int = 3,
                mlp_ratio: float = 4.0, code_dim: int = 128,
-               output: str = 'fourier', dtype: Dtype = jnp.float32,
+               output: str = 'fourier', num_electrodes: int = NUM_ELECTRODES,
+               temporal_align: str = 'left', norm_eps: float = LN_EPS,
+               group_norm_eps: float = GN_EPS,
+               group_norm_scope: str = 'patch', dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     if output not in ('fourier', 'time'):
       raise ValueError(f"output must be 'fourier' or 'time'; got {output!r}")
@@ -239,14 +312,18 @@ class EEGFrontEnd(nnx.Module):
     kw = dict(dtype=dtype, rngs=rngs)
     d = embed_dim
     conv_out = (patch_size // 8) * conv_channels
-    self.branches = nnx.List([TemporalBranch(k, conv_channels, **kw)
-                              for k in branches])
+    self.branches = nnx.List([TemporalBranch(
+        k, conv_channels, group_norm_eps=group_norm_eps,
+        group_norm_scope=group_norm_scope, **kw) for k in branches])
+    tkw = dict(num_electrodes=num_electrodes, temporal_align=temporal_align,
+               norm_eps=norm_eps, **kw)
     self.conv_proj = (None if conv_out == d else
                       _linear(conv_out, d, ('mlp', 'embed'), **kw))
     self.encoder = Transformer(d, depth, num_heads, max_patches, mlp_ratio,
-                               final_norm=False, **kw)
+                               final_norm=False, **tkw)
     g = self.num_branches
-    self.enc_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
+    self.enc_norms = nnx.List([_norm(d, eps=norm_eps, **kw)
+                               for _ in range(g)])
     self.enc_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
                                for _ in range(g)])
     self.to_code = nnx.List([
@@ -256,8 +333,9 @@ class EEGFrontEnd(nnx.Module):
     self.dec_in = nnx.List([_linear(code_dim, d, ('code_dim', 'embed'), **kw)
                             for _ in range(g)])
     self.decoder = Transformer(d, decoder_depth, num_heads, max_patches,
-                               mlp_ratio, final_norm=False, **kw)
-    self.dec_norms = nnx.List([_norm(d, **kw) for _ in range(g)])
+                               mlp_ratio, final_norm=False, **tkw)
+    self.dec_norms = nnx.List([_norm(d, eps=norm_eps, **kw)
+                               for _ in range(g)])
     self.dec_heads = nnx.List([_linear(d, d, ('embed', 'embed'), **kw)
                                for _ in range(g)])
     # The head's hidden width is d: 'embed', so FSDP shards both layers.
@@ -290,9 +368,11 @@ class EEGFrontEnd(nnx.Module):
     xp = self.patchify(x)
     b, c, a, p = xp.shape
     flat = xp.reshape(b * c * a, p)
+    weights = (None if mask is None else
+               jnp.broadcast_to(mask[:, None, :], (b, c, a)).reshape(-1))
     outs = []
     for g, branch in enumerate(self.branches):
-      h = branch(flat)
+      h = branch(flat, rows=c * a, weights=weights)
       if self.conv_proj is not None:
         h = self.conv_proj(h)
       outs.append(h.reshape(b, c, a, -1))

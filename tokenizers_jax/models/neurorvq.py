@@ -58,6 +58,30 @@ NEURORVQ_QUANTIZER = dict(name='rvq', num_quantizers=8, codebook_size=8192,
                           kmeans_init=True, decay=0.99, commitment_weight=1.0)
 
 
+# Options a converted release sets (convert/neurorvq.py); the registry passes
+# them when config.model has them. Their defaults keep this codebase's model.
+RELEASE_OPTIONS = ('electrodes', 'temporal_align', 'norm_eps',
+                   'group_norm_eps', 'group_norm_scope')
+
+
+def release_channel_ids(channels: Sequence[str],
+                        electrodes: Sequence[str]) -> tuple[int, ...]:
+  """0-based index of each channel in a release's electrode list (NeuroRVQ's
+  `ch_names_global`), matched case-insensitively, then by canonical name."""
+  table = [str(e).strip().lower() for e in electrodes]
+  ids = []
+  for c in channels:
+    for name in (str(c).strip().lower(),
+                 eeg_data.canonical_name(str(c)).lower()):
+      if name in table:
+        ids.append(table.index(name))
+        break
+    else:
+      raise ValueError(f'channel {c!r} is not in the model\'s electrode list '
+                       f'({len(table)} names: {", ".join(table[:8])}, ...)')
+  return tuple(ids)
+
+
 class AmpStats(nnx.BatchStat):
   """Running mean of the per-example reconstruction stats (log-amplitude
   mean and std for 'neurorvq', signal mean and std for 'mse')."""
@@ -73,6 +97,12 @@ class NeuroRVQ(nnx.Module):
     quantizer: registry spec dict (name + kwargs; `dim` is code_dim).
     loss: 'neurorvq' or 'mse'.
     stats_decay: decay of the running `amp_stats`.
+    electrodes: a release's own electrode list: channel ids are then 0-based
+      indices in it and the spatial embedding has len(electrodes) + 1 rows
+      (default: `data.eeg.ELECTRODES`, 1-based ids).
+    temporal_align, norm_eps, group_norm_eps, group_norm_scope:
+      `EEGFrontEnd` (defaults: this codebase's; a converted NeuroRVQ release
+      sets NeuroRVQ's).
   """
 
   modality = 'eeg'
@@ -89,11 +119,20 @@ class NeuroRVQ(nnx.Module):
                mlp_ratio: float = 4.0, code_dim: int = 128,
                quantizer: dict[str, Any] | None = None,
                loss: str = 'neurorvq', stats_decay: float = 0.99,
+               electrodes: Sequence[str] | None = None,
+               temporal_align: str = 'left', norm_eps: float = fe.LN_EPS,
+               group_norm_eps: float = fe.GN_EPS,
+               group_norm_scope: str = 'patch',
                dtype: Any = jnp.float32, rngs: nnx.Rngs):
     if loss not in eeg_losses.LOSSES:
       raise ValueError(f'unknown loss {loss!r}; known: {eeg_losses.LOSSES}')
     self.channels = tuple(channels)
-    self.channel_ids = tuple(eeg_data.electrode_index(c) for c in channels)
+    if electrodes is None:
+      self.channel_ids = tuple(eeg_data.electrode_index(c) for c in channels)
+      num_electrodes = fe.NUM_ELECTRODES
+    else:
+      self.channel_ids = release_channel_ids(channels, electrodes)
+      num_electrodes = len(electrodes)
     self.loss_kind = loss
     self.stats_decay = stats_decay
     self.frontend = fe.EEGFrontEnd(
@@ -101,7 +140,9 @@ class NeuroRVQ(nnx.Module):
         conv_channels=conv_channels, embed_dim=embed_dim, depth=depth,
         num_heads=num_heads, decoder_depth=decoder_depth, mlp_ratio=mlp_ratio,
         code_dim=code_dim, output='fourier' if loss == 'neurorvq' else 'time',
-        dtype=dtype, rngs=rngs)
+        num_electrodes=num_electrodes, temporal_align=temporal_align,
+        norm_eps=norm_eps, group_norm_eps=group_norm_eps,
+        group_norm_scope=group_norm_scope, dtype=dtype, rngs=rngs)
     spec = dict(quantizer or NEURORVQ_QUANTIZER)
     name = spec.pop('name')
     spec.pop('dim', None)

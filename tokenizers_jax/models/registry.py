@@ -46,6 +46,7 @@ def _build_vqgan(config, rngs):
                pre_quant_norm=_opt(m, 'pre_quant_norm', False),
                entropy_anneal=_opt(m, 'entropy_anneal'),
                perturb=_plain(_opt(m, 'perturb')),
+               quant_conv=_opt(m, 'quant_conv', True),
                dtype=_dtype(config), rngs=rngs)
 
 
@@ -93,7 +94,17 @@ def _build_neurorvq(config, rngs):
       num_heads=m.num_heads, decoder_depth=m.decoder_depth,
       mlp_ratio=m.mlp_ratio, code_dim=m.code_dim,
       quantizer=dict(config.quantizer), loss=m.loss, dtype=_dtype(config),
-      rngs=rngs)
+      rngs=rngs, **_neurorvq_release_options(m))
+
+
+def _neurorvq_release_options(m) -> dict:
+  """The converted-release options (models/neurorvq.py RELEASE_OPTIONS) that
+  config.model sets; absent ones keep the model's defaults."""
+  from tokenizers_jax.models.neurorvq import RELEASE_OPTIONS  # pylint: disable=g-import-not-at-top
+  out = {k: m[k] for k in RELEASE_OPTIONS if k in m and m[k] is not None}
+  if 'electrodes' in out:
+    out['electrodes'] = tuple(out['electrodes'])
+  return out
 
 
 def _build_token_generator(config, rngs):
