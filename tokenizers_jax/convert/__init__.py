@@ -20,7 +20,8 @@ from tokenizers_jax.convert.common import ConversionError
 
 # source -> module with `convert(...)`; target -> module with `export(...)`.
 SOURCES = {'taming': 'tokenizers_jax.convert.taming',
-           'lpips': 'tokenizers_jax.convert.lpips'}
+           'lpips': 'tokenizers_jax.convert.lpips',
+           'neurorvq': 'tokenizers_jax.convert.neurorvq'}
 TARGETS = {'taming': 'tokenizers_jax.convert.taming'}
 
 
