@@ -44,6 +44,29 @@ training workdir of this project):
     starts from the stage-1 run's weights via the training config's
     `init_from` (see training/steps.py).
 
+Options for the released TiTok checkpoints (bytedance/1d-tokenizer; all off
+by default; `convert/titok.py` sets them):
+  class_token      a learned token first in both ViT sequences (the
+                   release's class embedding with its positional embedding
+                   folded in); its outputs are never read.
+  pre_norm         a LayerNorm over each ViT's input sequence (`ln_pre`).
+  ln_eps, gelu_approximate   LayerNorm epsilon (PyTorch's 1e-5) and exact
+                   GELU (PyTorch's `nn.GELU()`) in the ViTs.
+  decoder_width, decoder_num_heads   a decoder ViT of another size (the
+                   'BL'/'SL' releases: base/small encoder, large decoder).
+  legacy_latent_reshape  the release's `is_legacy` encoder read-out: the
+                   [K, D] latent outputs of each image are reinterpreted
+                   (row-major) as [D, K] before the 1x1 projection.
+  head_hidden      a hidden layer of that width and `head_activation`
+                   ('tanh' in the release) before the head.
+  out_conv         a 3x3 conv on the unpatchified pixels (the non-legacy
+                   release's `conv_out`).
+  proxy_codes      V > 0 without `proxy_teacher`: the head predicts V-way
+                   logits per patch (the legacy release's proxy codes of a
+                   MaskGIT-VQGAN) and the model has no pixel decoder:
+                   `decode_logits(ids)` gives the logits; `decode` and
+                   `__call__` raise.
+
 Interface (`models/base.py`): `__call__(x, train, *, step, rng,
 quantizer_hook)` -> ModelOutput (terms 'quantizer' and, in stage-1
 training, 'proxy_ce'); `encode(x, num_tokens=k)` -> int32 [B, k];
@@ -74,6 +97,7 @@ from tokenizers_jax.quantizers import registry
 Array = jax.Array
 Dtype = Any
 TAIL_DROP = (None, 'batch', 'example')
+HEAD_ACTIVATIONS = {'tanh': jnp.tanh, 'gelu': jax.nn.gelu}
 
 
 def freeze_params(module: nnx.Module) -> nnx.Module:
@@ -177,6 +201,13 @@ class TiTok(nnx.Module):
                quantizer: dict[str, Any], tail_drop: str | None = None,
                proxy_teacher=None,
                finetune_decoder: bool = False,
+               class_token: bool = False, pre_norm: bool = False,
+               ln_eps: float = vit.LN_EPS, gelu_approximate: bool = True,
+               decoder_width: int | None = None,
+               decoder_num_heads: int | None = None,
+               legacy_latent_reshape: bool = False, head_hidden: int = 0,
+               head_activation: str = 'tanh', out_conv: bool = False,
+               proxy_codes: int = 0,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size {image_size} is not divisible by '
@@ -188,7 +219,17 @@ class TiTok(nnx.Module):
     if finetune_decoder and proxy_teacher is None:
       raise ValueError('finetune_decoder (stage 2) needs a proxy_teacher whose'
                        ' pixel decoder renders the predicted codes')
+    if head_activation not in HEAD_ACTIVATIONS:
+      raise ValueError(f'unknown head_activation {head_activation!r}; known: '
+                       f'{sorted(HEAD_ACTIVATIONS)}')
+    if proxy_codes and proxy_teacher is not None:
+      raise ValueError('proxy_codes is for a model without a pixel decoder; '
+                       'with a proxy_teacher the codes are the teacher\'s')
+    if proxy_codes and out_conv:
+      raise ValueError('out_conv acts on pixels; a proxy_codes model has none')
     kw = dict(dtype=dtype, rngs=rngs)
+    vit_kw = dict(ln_eps=ln_eps, gelu_approximate=gelu_approximate, **kw)
+    dwidth = decoder_width or width
     self.image_size = image_size
     self.patch_size = patch_size
     self.num_tokens = num_tokens
@@ -197,6 +238,9 @@ class TiTok(nnx.Module):
     self.num_patches = n
     self.tail_drop = tail_drop
     self.finetune_decoder = finetune_decoder
+    self.legacy_latent_reshape = legacy_latent_reshape
+    self.proxy_codes = proxy_codes
+    self.head_activation = head_activation
     pdim = patch_size * patch_size * 3
     self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
     self.patch_pos = vit.learned_pos(n, width, rngs)
@@ -204,21 +248,41 @@ class TiTok(nnx.Module):
         width ** -0.5 * jax.random.normal(rngs.params(), (num_tokens, width)),
         **qbase.logical(None, 'embed'))
     self.latent_pos = vit.learned_pos(num_tokens, width, rngs)
+    # The release's class tokens (positional embedding folded in).
+    cls = dec_cls = None
+    if class_token:
+      cls = nnx.Param(
+          width ** -0.5 * jax.random.normal(rngs.params(), (width,)),
+          **qbase.logical('embed'))
+      dec_cls = nnx.Param(
+          dwidth ** -0.5 * jax.random.normal(rngs.params(), (dwidth,)),
+          **qbase.logical('embed'))
+    self.class_token, self.dec_class_token = cls, dec_cls
+    self.ln_pre = (vit.layer_norm(width, epsilon=ln_eps, **kw) if pre_norm
+                   else None)
+    self.dec_ln_pre = (vit.layer_norm(dwidth, epsilon=ln_eps, **kw)
+                       if pre_norm else None)
     self.encoder = vit.Transformer(width, encoder_depth, num_heads, mlp_ratio,
-                                   **kw)
+                                   **vit_kw)
     self.to_code = vit.linear(width, embed_dim, ('embed', 'code_dim'), **kw)
     q_kwargs = dict(quantizer)
     self.quantizer = registry.make_quantizer(q_kwargs.pop('name'),
                                              dim=embed_dim, rngs=rngs,
                                              **q_kwargs)
-    self.from_code = vit.linear(embed_dim, width, ('code_dim', 'embed'), **kw)
-    self.dec_latent_pos = vit.learned_pos(num_tokens, width, rngs)
+    self.from_code = vit.linear(embed_dim, dwidth, ('code_dim', 'embed'), **kw)
+    self.dec_latent_pos = vit.learned_pos(num_tokens, dwidth, rngs)
     self.mask_token = nnx.Param(
-        0.02 * jax.random.normal(rngs.params(), (width,)),
+        0.02 * jax.random.normal(rngs.params(), (dwidth,)),
         **qbase.logical('embed'))
-    self.dec_patch_pos = vit.learned_pos(n, width, rngs)
-    self.decoder = vit.Transformer(width, decoder_depth, num_heads, mlp_ratio,
-                                   **kw)
+    self.dec_patch_pos = vit.learned_pos(n, dwidth, rngs)
+    self.decoder = vit.Transformer(dwidth, decoder_depth,
+                                   decoder_num_heads or num_heads, mlp_ratio,
+                                   **vit_kw)
+    self.head_hidden = (vit.linear(dwidth, head_hidden, ('embed', 'mlp'),
+                                   **kw) if head_hidden else None)
+    head_in = head_hidden or dwidth
+    self.out_conv = (nnx.Conv(3, 3, (3, 3), padding='SAME', dtype=dtype,
+                              rngs=rngs) if out_conv else None)
     teacher = None
     if proxy_teacher is not None:
       teacher = load_teacher(proxy_teacher, finetune_decoder)
@@ -228,10 +292,13 @@ class TiTok(nnx.Module):
             f'proxy teacher tokens {tuple(shape[1:])} do not match the patch '
             f'grid {(self.grid, self.grid)}: set patch_size to the teacher\'s '
             'downsampling factor (single-code teachers only)')
-      self.head = vit.linear(width, teacher.codebook_size,
+      self.head = vit.linear(head_in, teacher.codebook_size,
                              ('embed', 'codebook'), **kw)
+    elif proxy_codes:
+      self.head = vit.linear(head_in, proxy_codes, ('embed', 'codebook'),
+                             **kw)
     else:
-      self.head = vit.linear(width, pdim, ('embed', 'embed_in'), **kw)
+      self.head = vit.linear(head_in, pdim, ('embed', 'embed_in'), **kw)
     self.teacher = teacher
 
   @property
@@ -250,6 +317,8 @@ class TiTok(nnx.Module):
   def last_layer(self):
     if self.finetune_decoder:
       return self.teacher.last_layer  # the pixel decoder's output conv
+    if self.out_conv is not None:
+      return self.out_conv.kernel
     return self.head.kernel
 
   @property
@@ -276,9 +345,21 @@ class TiTok(nnx.Module):
     t = self.patch_embed(vit.patchify(x, self.patch_size))
     t = t + self.patch_pos[...].astype(t.dtype)
     lat = (self.latent_tokens[...] + self.latent_pos[...]).astype(t.dtype)
-    h = self.encoder(jnp.concatenate(
-        [t, jnp.broadcast_to(lat, (b,) + lat.shape)], axis=1))
-    return self.to_code(h[:, self.num_patches:])
+    parts = [t, jnp.broadcast_to(lat, (b,) + lat.shape)]
+    start = self.num_patches
+    if self.class_token is not None:
+      cls = self.class_token[...].astype(t.dtype)
+      parts.insert(0, jnp.broadcast_to(cls, (b, 1) + cls.shape))
+      start += 1
+    h = jnp.concatenate(parts, axis=1)
+    if self.ln_pre is not None:
+      h = self.ln_pre(h)
+    h = self.encoder(h)[:, start:]
+    if self.legacy_latent_reshape:
+      # The release's `is_legacy` read-out: [K, D] reinterpreted as [D, K].
+      k, d = h.shape[1:]
+      h = h.reshape(b, d, k).swapaxes(1, 2)
+    return self.to_code(h)
 
   # ---- decoder ---------------------------------------------------------------
 
@@ -294,14 +375,39 @@ class TiTok(nnx.Module):
     lat = self.from_code(zq) + self.dec_latent_pos[:length].astype(zq.dtype)
     masks = self.mask_token[...] + self.dec_patch_pos[...]
     masks = jnp.broadcast_to(masks.astype(lat.dtype), (b,) + masks.shape)
+    parts = [masks, lat]
+    c = 0  # class tokens before the mask tokens
+    if self.dec_class_token is not None:
+      cls = self.dec_class_token[...].astype(lat.dtype)
+      parts.insert(0, jnp.broadcast_to(cls, (b, 1) + cls.shape))
+      c = 1
     mask = None
     if num_kept is not None:
-      n = self.num_patches
+      n = c + self.num_patches
       pos = jnp.arange(n + length)
       keep = (pos[None] < n) | (pos[None] - n < num_kept[:, None])  # [B, Nk]
       mask = keep[:, None, :]
-    h = self.decoder(jnp.concatenate([masks, lat], axis=1), mask)
-    return h[:, :self.num_patches]
+    h = jnp.concatenate(parts, axis=1)
+    if self.dec_ln_pre is not None:
+      h = self.dec_ln_pre(h)
+    h = self.decoder(h, mask)
+    return h[:, c:c + self.num_patches]
+
+  def head_output(self, feats: Array) -> Array:
+    """Mask-token features [B, N, D] -> the head's output [B, N, P*P*3 or V]
+    (through `head_hidden` and its activation when present)."""
+    if self.head_hidden is not None:
+      feats = HEAD_ACTIVATIONS[self.head_activation](self.head_hidden(feats))
+    return self.head(feats)
+
+  def decode_logits(self, indices: Array) -> Array:
+    """Token ids [B, L] -> the head's per-patch output [B, N, V] (proxy-code
+    logits; pixel patches [B, N, P*P*3] for a pixel head)."""
+    if indices.ndim < 2:
+      raise ValueError(f'decode_logits expects ids [B, L]; got '
+                       f'{indices.shape}')
+    return self.head_output(self.decode_features(
+        self.quantizer.decode(indices)))
 
   def soft_codes(self, logits: Array) -> Array:
     """Stage 2: logits [B, N, V] -> the teacher latent grid [B, h, w, Et]
@@ -315,10 +421,19 @@ class TiTok(nnx.Module):
   def _render(self, feats: Array,
               train: bool = False) -> tuple[Array, Array | None]:
     """Mask-token features -> (images, proxy logits or None)."""
-    out = self.head(feats)
+    out = self.head_output(feats)
+    if self.proxy_codes:
+      raise ValueError(
+          f'this TiTok predicts {self.proxy_codes}-way proxy codes '
+          '(model.proxy_codes; the legacy two-stage release) and has no pixel '
+          'decoder: use decode_logits(ids); pixels need the release\'s '
+          'MaskGIT-VQGAN decoder, which this project cannot host yet')
     if self.teacher is None:
       s = self.image_size
-      return vit.unpatchify(out, self.patch_size, s, s), None
+      x_hat = vit.unpatchify(out, self.patch_size, s, s)
+      if self.out_conv is not None:
+        x_hat = self.out_conv(x_hat)
+      return x_hat, None
     logits = out.astype(jnp.float32)
     if self.finetune_decoder:
       zq = self.soft_codes(logits).astype(feats.dtype)

@@ -55,34 +55,40 @@ def linear(din: int, dout: int, names=('embed', 'mlp'), *,
 
 
 def layer_norm(width: int, *, affine: bool = True, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs) -> nnx.LayerNorm:
-  return nnx.LayerNorm(width, epsilon=LN_EPS, dtype=dtype, use_bias=affine,
+               rngs: nnx.Rngs, epsilon: float = LN_EPS) -> nnx.LayerNorm:
+  return nnx.LayerNorm(width, epsilon=epsilon, dtype=dtype, use_bias=affine,
                        use_scale=affine, rngs=rngs,
                        scale_metadata=logical('embed'),
                        bias_metadata=logical('embed'))
 
 
 class Mlp(nnx.Module):
+  """fc2(GELU(fc1(x))); GELU's tanh approximation unless
+  `gelu_approximate=False` (the exact erf form, PyTorch's `nn.GELU()`)."""
 
   def __init__(self, width: int, hidden: int, *, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, gelu_approximate: bool = True):
     self.fc1 = linear(width, hidden, ('embed', 'mlp'), dtype=dtype, rngs=rngs)
     self.fc2 = linear(hidden, width, ('mlp', 'embed'), dtype=dtype, rngs=rngs)
+    self.gelu_approximate = gelu_approximate
 
   def __call__(self, x: Array) -> Array:
-    return self.fc2(nnx.gelu(self.fc1(x)))
+    return self.fc2(nnx.gelu(self.fc1(x), approximate=self.gelu_approximate))
 
 
 class Block(nnx.Module):
-  """Pre-LN transformer block."""
+  """Pre-LN transformer block (`ln_eps`: the LayerNorms' epsilon;
+  `gelu_approximate`: see `Mlp`)."""
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
-               dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+               dtype: Dtype = jnp.float32, rngs: nnx.Rngs,
+               ln_eps: float = LN_EPS, gelu_approximate: bool = True):
     kw = dict(dtype=dtype, rngs=rngs)
-    self.norm1 = layer_norm(width, **kw)
+    self.norm1 = layer_norm(width, epsilon=ln_eps, **kw)
     self.attn = Attention(width, num_heads, **kw)
-    self.norm2 = layer_norm(width, **kw)
-    self.mlp = Mlp(width, max(int(width * mlp_ratio), 1), **kw)
+    self.norm2 = layer_norm(width, epsilon=ln_eps, **kw)
+    self.mlp = Mlp(width, max(int(width * mlp_ratio), 1),
+                   gelu_approximate=gelu_approximate, **kw)
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     x = x + self.attn(self.norm1(x), mask)
@@ -120,14 +126,18 @@ class AdaLNZeroBlock(nnx.Module):
 
 
 class Transformer(nnx.Module):
-  """`depth` pre-LN Blocks and a final LayerNorm: [B, N, D] -> [B, N, D]."""
+  """`depth` pre-LN Blocks and a final LayerNorm: [B, N, D] -> [B, N, D]
+  (`ln_eps`, `gelu_approximate`: see `Block`)."""
 
   def __init__(self, width: int, depth: int, num_heads: int,
                mlp_ratio: float = 4.0, *, dtype: Dtype = jnp.float32,
-               rngs: nnx.Rngs):
-    self.blocks = nnx.List([Block(width, num_heads, mlp_ratio, dtype=dtype,
-                                  rngs=rngs) for _ in range(depth)])
-    self.norm = layer_norm(width, dtype=dtype, rngs=rngs)
+               rngs: nnx.Rngs, ln_eps: float = LN_EPS,
+               gelu_approximate: bool = True):
+    self.blocks = nnx.List([
+        Block(width, num_heads, mlp_ratio, dtype=dtype, rngs=rngs,
+              ln_eps=ln_eps, gelu_approximate=gelu_approximate)
+        for _ in range(depth)])
+    self.norm = layer_norm(width, dtype=dtype, rngs=rngs, epsilon=ln_eps)
 
   def __call__(self, x: Array, mask: Array | None = None) -> Array:
     for block in self.blocks:
