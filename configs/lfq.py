@@ -12,6 +12,14 @@ Variants:
   imagenet_256  Open-MAGVIT2 256_L: ch 128, ch_mult (1,1,2,2,4), 4 res blocks,
                 18 bits (2^18 codes), 16x16 tokens, LeCam 0.05.
   imagenet_128  the 128² model: ch_mult (1,2,2,4), LeCam 0.01.
+  open_magvit2_256, open_magvit2_128
+                the released Open-MAGVIT2 tokenizers' exact layout (what
+                `python -m tokenizers_jax.convert --from=open_magvit2`
+                writes): bias-free ResBlock convs, the decoder's adaptive
+                norm at the start of each level, an affine GroupNorm before
+                its output conv, unbiased latent variance, depth-column-row
+                depth-to-space; no pre-quantizer norm, no entropy annealing
+                (codebook_enlarge_ratio 0), EMA 0.999.
   test          a micro model for tests and smoke runs.
 Modifiers: bf16, steps=N, batch=N.
 
@@ -23,8 +31,32 @@ import ml_collections
 from tokenizers_jax import config_lib
 
 
+# The frontend options that give Open-MAGVIT2's released layout
+# (frontends/magvit2.py; each default-off).
+OPEN_MAGVIT2_LAYOUT = dict(conv_bias=False, adaptive_norm='before',
+                           decoder_norm_out='group', adaptive_norm_ddof=1,
+                           depth_to_space_order='dcr', shortcut_kernel=1,
+                           num_groups=32)
+
+
+def open_magvit2_config(size: int) -> ml_collections.ConfigDict:
+  """Open-MAGVIT2's imagenet_lfqgan_{256,128}_L (the release's YAML)."""
+  c = lfq_config(f'imagenet_{size}')
+  c.model.frontend.update(OPEN_MAGVIT2_LAYOUT)
+  # LFQ reads the encoder output directly: no norm before it. (Our 1x1
+  # quant_conv / post_quant_conv have no counterpart; the converter makes
+  # them identities and freezes them.)
+  c.model.pre_quant_norm = False
+  c.model.entropy_anneal = (1.0, 0)
+  c.loss.disc_weight = 0.1  # gen_loss_weight
+  c.loss.adaptive_weight = False
+  return c
+
+
 def lfq_config(variant: str) -> ml_collections.ConfigDict:
   """The LFQ-GAN config (also the base of configs/wetok.py)."""
+  if variant in ('open_magvit2_256', 'open_magvit2_128'):
+    return open_magvit2_config(int(variant.rsplit('_', 1)[1]))
   c = config_lib.image_base_config()
   c.model_name = 'lfqgan'
   c.model.frontend_name = 'magvit2'
@@ -79,7 +111,8 @@ def lfq_config(variant: str) -> ml_collections.ConfigDict:
     c.total_steps = 1_350_000
   else:
     raise ValueError(f'unknown variant {variant!r}; known: tiny, test, '
-                     'imagenet_256, imagenet_128')
+                     'imagenet_256, imagenet_128, open_magvit2_256, '
+                     'open_magvit2_128')
   return c
 
 

@@ -20,6 +20,7 @@ from tokenizers_jax.convert.common import ConversionError
 
 # source -> module with `convert(...)`; target -> module with `export(...)`.
 SOURCES = {'taming': 'tokenizers_jax.convert.taming',
+           'open_magvit2': 'tokenizers_jax.convert.open_magvit2',
            'lpips': 'tokenizers_jax.convert.lpips',
            'neurorvq': 'tokenizers_jax.convert.neurorvq'}
 TARGETS = {'taming': 'tokenizers_jax.convert.taming'}

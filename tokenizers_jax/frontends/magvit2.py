@@ -22,6 +22,21 @@ With `noise_concat=True` (the WeTok generative decoder), Gaussian noise of the
 latent's shape is concatenated to the latent before the decoder's `conv_in`
 (so it takes 2Z channels); the AdaptiveGroupNorms still see the latent alone.
 
+Layout options of the released Open-MAGVIT2 tokenizer (TencentARC), each off
+by default (the defaults above are unchanged):
+  conv_bias=False          no bias in the ResBlock convs, their skip
+                           projection and the encoder's `conv_in`.
+  adaptive_norm='before'   each decoder level starts with its
+                           AdaptiveGroupNorm, at the level's input width,
+                           instead of ending with it.
+  decoder_norm_out='group' the decoder's final norm is an affine GroupNorm
+                           instead of an AdaptiveGroupNorm.
+  adaptive_norm_ddof=1     the latent variance of the AdaptiveGroupNorms is
+                           the unbiased estimate (torch's `Tensor.var`).
+  depth_to_space_order='dcr'  the upsampler's channel order is depth-column-
+                           row (channel `(i * r + j) * D + c`) instead of
+                           `pixel_shuffle`'s column-row-depth.
+
 Parameters carry logical axis names through `out_sharding` metadata with
 `eager_sharding=False`, as in `tokenizers_jax.frontends.image`.
 
@@ -56,13 +71,23 @@ Array = jax.Array
 Dtype = Any
 
 
-def depth_to_space(x: Array, block_size: int = 2) -> Array:
+DEPTH_TO_SPACE_ORDERS = ('crd', 'dcr')
+ADAPTIVE_NORM_POSITIONS = ('after', 'before')
+DECODER_NORMS_OUT = ('adaptive', 'group')
+
+
+def depth_to_space(x: Array, block_size: int = 2, order: str = 'crd') -> Array:
   """Moves channel blocks into space: [B, h, w, D*r*r] -> [B, h*r, w*r, D].
 
-  The channel order matches `torch.nn.functional.pixel_shuffle` applied to the
-  NCHW transpose: input channel `c * r * r + i * r + j` lands in output channel
-  `c` at spatial offset `(i, j)` inside each r x r block.
+  order='crd' (default) matches `torch.nn.functional.pixel_shuffle` applied
+  to the NCHW transpose: input channel `c * r * r + i * r + j` lands in
+  output channel `c` at spatial offset `(i, j)` inside each r x r block.
+  order='dcr' (depth-column-row, Open-MAGVIT2's `depth_to_space`) reads
+  channel `(i * r + j) * D + c` instead.
   """
+  if order not in DEPTH_TO_SPACE_ORDERS:
+    raise ValueError(f'depth_to_space order must be one of '
+                     f'{DEPTH_TO_SPACE_ORDERS}: {order!r}.')
   if x.ndim != 4:
     raise ValueError(
         f'depth_to_space expects NHWC with rank 4, got shape {x.shape}.')
@@ -71,9 +96,25 @@ def depth_to_space(x: Array, block_size: int = 2) -> Array:
   if r < 1 or d % (r * r):
     raise ValueError(
         f'Channel count {d} is not divisible by block_size ** 2 = {r * r}.')
-  x = x.reshape(b, hh, ww, d // (r * r), r, r)   # [B, h, w, D, i, j]
-  x = x.transpose(0, 1, 4, 2, 5, 3)              # [B, h, i, w, j, D]
+  if order == 'dcr':
+    x = x.reshape(b, hh, ww, r, r, d // (r * r))   # [B, h, w, i, j, D]
+    x = x.transpose(0, 1, 3, 2, 4, 5)              # [B, h, i, w, j, D]
+  else:
+    x = x.reshape(b, hh, ww, d // (r * r), r, r)   # [B, h, w, D, i, j]
+    x = x.transpose(0, 1, 4, 2, 5, 3)              # [B, h, i, w, j, D]
   return x.reshape(b, hh * r, ww * r, d // (r * r))
+
+
+def _conv_nb(in_ch: int, out_ch: int, kernel: int, *, use_bias: bool,
+             dtype: Dtype, param_dtype: Dtype, rngs: nnx.Rngs) -> nnx.Conv:
+  """A stride-1 'SAME' conv like `image._conv`, optionally without bias."""
+  if use_bias:
+    return _conv(in_ch, out_ch, kernel, dtype=dtype, param_dtype=param_dtype,
+                 rngs=rngs)
+  return nnx.Conv(
+      in_ch, out_ch, (kernel, kernel), padding='SAME', use_bias=False,
+      dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+      kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'))
 
 
 def _linear(in_features: int, out_features: int, *, dtype: Dtype,
@@ -139,19 +180,22 @@ class Magvit2ResBlock(nnx.Module):
   """GroupNorm-swish-conv3x3 twice, plus a skip (projected if widths differ).
 
   The projection is a `shortcut_kernel` x `shortcut_kernel` conv (1 or 3).
+  With `conv_bias=False` the three convs have no bias (Open-MAGVIT2).
   """
 
   def __init__(self, in_ch: int, out_ch: int, *, num_groups: int = 32,
-               shortcut_kernel: int = 1, dtype: Dtype = jnp.float32,
+               shortcut_kernel: int = 1, conv_bias: bool = True,
+               dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if shortcut_kernel not in (1, 3):
       raise ValueError(f'shortcut_kernel must be 1 or 3: {shortcut_kernel}.')
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+    ckw = dict(use_bias=conv_bias, **kw)
     self.norm1 = _norm(in_ch, num_groups, **kw)
-    self.conv1 = _conv(in_ch, out_ch, 3, **kw)
+    self.conv1 = _conv_nb(in_ch, out_ch, 3, **ckw)
     self.norm2 = _norm(out_ch, num_groups, **kw)
-    self.conv2 = _conv(out_ch, out_ch, 3, **kw)
-    self.shortcut = (_conv(in_ch, out_ch, shortcut_kernel, **kw)
+    self.conv2 = _conv_nb(out_ch, out_ch, 3, **ckw)
+    self.shortcut = (_conv_nb(in_ch, out_ch, shortcut_kernel, **ckw)
                      if in_ch != out_ch else None)
 
   def __call__(self, x: Array) -> Array:
@@ -166,14 +210,19 @@ class Magvit2ResBlock(nnx.Module):
 class DepthToSpaceUpsample(nnx.Module):
   """3x3 conv D -> 4D, then 2x2 depth-to-space: [B,H,W,D] -> [B,2H,2W,D]."""
 
-  def __init__(self, channels: int, *, dtype: Dtype = jnp.float32,
+  def __init__(self, channels: int, *, order: str = 'crd',
+               dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
+    if order not in DEPTH_TO_SPACE_ORDERS:
+      raise ValueError(f'depth_to_space order must be one of '
+                       f'{DEPTH_TO_SPACE_ORDERS}: {order!r}.')
+    self.order = order
     self.conv = _conv(channels, 4 * channels, 3, dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
     """[B, H, W, D] -> [B, 2H, 2W, D]."""
-    return depth_to_space(self.conv(x), 2)
+    return depth_to_space(self.conv(x), 2, self.order)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,24 +240,40 @@ class Magvit2Config(LevelConfigMixin):
   num_groups: int = 32
   shortcut_kernel: int = 1
   noise_concat: bool = False
+  conv_bias: bool = True
+  adaptive_norm: str = 'after'
+  decoder_norm_out: str = 'adaptive'
+  adaptive_norm_ddof: int = 0
+  depth_to_space_order: str = 'crd'
 
   def __post_init__(self):
     object.__setattr__(self, 'ch_mult', tuple(int(m) for m in self.ch_mult))
     object.__setattr__(self, 'noise_concat', bool(self.noise_concat))
+    object.__setattr__(self, 'conv_bias', bool(self.conv_bias))
     self._check_levels()
     if self.shortcut_kernel not in (1, 3):
       raise ValueError(
           f'shortcut_kernel must be 1 or 3: {self.shortcut_kernel}.')
+    for name, known in (('adaptive_norm', ADAPTIVE_NORM_POSITIONS),
+                        ('decoder_norm_out', DECODER_NORMS_OUT),
+                        ('depth_to_space_order', DEPTH_TO_SPACE_ORDERS)):
+      if getattr(self, name) not in known:
+        raise ValueError(f'{name} must be one of {known}: '
+                         f'{getattr(self, name)!r}.')
+    if self.adaptive_norm_ddof not in (0, 1):
+      raise ValueError(
+          f'adaptive_norm_ddof must be 0 or 1: {self.adaptive_norm_ddof}.')
     self._check_resolution()
 
 
 def _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
-                 resolution, num_groups, shortcut_kernel, noise_concat):
+                 resolution, num_groups, shortcut_kernel, noise_concat,
+                 layout):
   return Magvit2Config(
       ch=ch, ch_mult=tuple(ch_mult), num_res_blocks=num_res_blocks,
       z_channels=z_channels, in_channels=in_channels, resolution=resolution,
       num_groups=num_groups, shortcut_kernel=shortcut_kernel,
-      noise_concat=noise_concat)
+      noise_concat=noise_concat, **layout)
 
 
 def _res_blocks(width_in: int, width_out: int, count: int,
@@ -237,7 +302,11 @@ class Magvit2Encoder(EncoderBase):
                num_res_blocks: int = 4, z_channels: int = 18,
                in_channels: int = 3, resolution: int = 256,
                num_groups: int = 32, shortcut_kernel: int = 1,
-               noise_concat: bool = False, dtype: Dtype = jnp.float32,
+               noise_concat: bool = False, conv_bias: bool = True,
+               adaptive_norm: str = 'after',
+               decoder_norm_out: str = 'adaptive',
+               adaptive_norm_ddof: int = 0, depth_to_space_order: str = 'crd',
+               dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     """Builds the encoder.
 
@@ -253,18 +322,30 @@ class Magvit2Encoder(EncoderBase):
       shortcut_kernel: kernel size (1 or 3) of the ResBlock skip projection
         used where a block changes width.
       noise_concat: decoder option (see `Magvit2Decoder`); unused here.
+      conv_bias: False drops the biases of the ResBlock convs (and their
+        skip projections) and of the encoder's `conv_in` (Open-MAGVIT2).
+      adaptive_norm, decoder_norm_out, adaptive_norm_ddof,
+        depth_to_space_order: decoder options (see `Magvit2Decoder`);
+        validated, unused here.
       dtype: compute dtype.
       param_dtype: parameter dtype.
       rngs: parameter RNGs.
     """
+    layout = dict(conv_bias=conv_bias, adaptive_norm=adaptive_norm,
+                  decoder_norm_out=decoder_norm_out,
+                  adaptive_norm_ddof=adaptive_norm_ddof,
+                  depth_to_space_order=depth_to_space_order)
     cfg = _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
-                       resolution, num_groups, shortcut_kernel, noise_concat)
+                       resolution, num_groups, shortcut_kernel, noise_concat,
+                       layout)
     super().__init__(cfg)
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     bkw = dict(num_groups=cfg.num_groups,
-               shortcut_kernel=cfg.shortcut_kernel, **kw)
+               shortcut_kernel=cfg.shortcut_kernel, conv_bias=cfg.conv_bias,
+               **kw)
 
-    self.conv_in = _conv(cfg.in_channels, cfg.ch, 3, **kw)
+    self.conv_in = _conv_nb(cfg.in_channels, cfg.ch, 3,
+                            use_bias=cfg.conv_bias, **kw)
     levels = []
     width = cfg.ch
     for level, mult in enumerate(cfg.ch_mult):
@@ -322,6 +403,9 @@ class Magvit2Decoder(DecoderBase):
                in_channels: int = 3, resolution: int = 256,
                num_groups: int = 32, shortcut_kernel: int = 1,
                noise_concat: bool = False, noise_seed: int = 0,
+               conv_bias: bool = True, adaptive_norm: str = 'after',
+               decoder_norm_out: str = 'adaptive',
+               adaptive_norm_ddof: int = 0, depth_to_space_order: str = 'crd',
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """Builds the decoder; arguments as in `Magvit2Encoder`, plus:
@@ -331,18 +415,36 @@ class Magvit2Decoder(DecoderBase):
         `conv_in` (WeTok's generative decoder).
       noise_seed: seed of the `noise_rngs` stream (used with `noise_concat`
         when `decode` gets no `noise_key`).
+      conv_bias: False drops the biases of the ResBlock convs and their skip
+        projections (Open-MAGVIT2).
+      adaptive_norm: 'after' (default): each level's AdaptiveGroupNorm
+        follows its ResBlocks; 'before': it precedes them, at the level's
+        input width (Open-MAGVIT2).
+      decoder_norm_out: 'adaptive' (default): the final norm is an
+        AdaptiveGroupNorm; 'group': an affine GroupNorm (Open-MAGVIT2).
+      adaptive_norm_ddof: ddof of the AdaptiveGroupNorms' latent variance
+        (0 default; 1 = torch's unbiased `var`, Open-MAGVIT2).
+      depth_to_space_order: the upsamplers' channel order, 'crd'
+        (pixel_shuffle, default) or 'dcr' (Open-MAGVIT2).
 
     `in_channels` is the number of image channels produced.
     """
+    layout = dict(conv_bias=conv_bias, adaptive_norm=adaptive_norm,
+                  decoder_norm_out=decoder_norm_out,
+                  adaptive_norm_ddof=adaptive_norm_ddof,
+                  depth_to_space_order=depth_to_space_order)
     cfg = _make_config(ch, ch_mult, num_res_blocks, z_channels, in_channels,
-                       resolution, num_groups, shortcut_kernel, noise_concat)
+                       resolution, num_groups, shortcut_kernel, noise_concat,
+                       layout)
     super().__init__(cfg)
     self.noise_concat = cfg.noise_concat
     self.noise_rngs = nnx.Rngs(noise=noise_seed) if cfg.noise_concat else None
+    self.norm_before = cfg.adaptive_norm == 'before'
     kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     bkw = dict(num_groups=cfg.num_groups,
-               shortcut_kernel=cfg.shortcut_kernel, **kw)
-    nkw = dict(num_groups=cfg.num_groups, **kw)
+               shortcut_kernel=cfg.shortcut_kernel, conv_bias=cfg.conv_bias,
+               **kw)
+    nkw = dict(num_groups=cfg.num_groups, ddof=cfg.adaptive_norm_ddof, **kw)
 
     width = cfg.ch * cfg.ch_mult[-1]
     conv_in_ch = 2 * cfg.z_channels if cfg.noise_concat else cfg.z_channels
@@ -350,15 +452,20 @@ class Magvit2Decoder(DecoderBase):
     self.mid_blocks, _ = _res_blocks(width, width, cfg.num_res_blocks, bkw)
     levels = [None] * len(cfg.ch_mult)
     for level in reversed(range(len(cfg.ch_mult))):
+      width_in = width
       blocks, width = _res_blocks(width, cfg.ch * cfg.ch_mult[level],
                                   cfg.num_res_blocks, bkw)
       levels[level] = nnx.Dict(
           blocks=blocks,
-          norm=AdaptiveGroupNorm(cfg.z_channels, width, **nkw),
-          upsample=(None if level == 0
-                    else DepthToSpaceUpsample(width, **kw)))
+          norm=AdaptiveGroupNorm(
+              cfg.z_channels, width_in if self.norm_before else width, **nkw),
+          upsample=(None if level == 0 else DepthToSpaceUpsample(
+              width, order=cfg.depth_to_space_order, **kw)))
     self.up = nnx.List(levels)
-    self.norm_out = AdaptiveGroupNorm(cfg.z_channels, width, **nkw)
+    self.adaptive_norm_out = cfg.decoder_norm_out == 'adaptive'
+    self.norm_out = (AdaptiveGroupNorm(cfg.z_channels, width, **nkw)
+                     if self.adaptive_norm_out
+                     else _norm(width, cfg.num_groups, **kw))
     self.conv_out = _conv(width, cfg.in_channels, 3, **kw)
 
   def __call__(self, z: Array, *, train: bool = False,
@@ -384,12 +491,16 @@ class Magvit2Decoder(DecoderBase):
       h = block(h)
     for level in reversed(range(len(self.up))):
       stage = self.up[level]
+      if self.norm_before:
+        h = stage['norm'](h, style)
       for block in stage['blocks']:
         h = block(h)
-      h = stage['norm'](h, style)
+      if not self.norm_before:
+        h = stage['norm'](h, style)
       if stage['upsample'] is not None:
         h = stage['upsample'](h)
-    return self.conv_out(nnx.swish(self.norm_out(h, style)))
+    h = self.norm_out(h, style) if self.adaptive_norm_out else self.norm_out(h)
+    return self.conv_out(nnx.swish(h))
 
 
 class Magvit2FrontEnd(FrontEndBase):
@@ -416,6 +527,9 @@ class Magvit2FrontEnd(FrontEndBase):
                in_channels: int = 3, resolution: int = 256,
                num_groups: int = 32, shortcut_kernel: int = 1,
                noise_concat: bool = False, noise_seed: int = 0,
+               conv_bias: bool = True, adaptive_norm: str = 'after',
+               decoder_norm_out: str = 'adaptive',
+               adaptive_norm_ddof: int = 0, depth_to_space_order: str = 'crd',
                dtype: Dtype = jnp.float32, param_dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     """Builds both halves; arguments as in `Magvit2Encoder`/`Magvit2Decoder`."""
@@ -423,6 +537,10 @@ class Magvit2FrontEnd(FrontEndBase):
                   z_channels=z_channels, in_channels=in_channels,
                   resolution=resolution, num_groups=num_groups,
                   shortcut_kernel=shortcut_kernel, noise_concat=noise_concat,
+                  conv_bias=conv_bias, adaptive_norm=adaptive_norm,
+                  decoder_norm_out=decoder_norm_out,
+                  adaptive_norm_ddof=adaptive_norm_ddof,
+                  depth_to_space_order=depth_to_space_order,
                   dtype=dtype, param_dtype=param_dtype, rngs=rngs)
     super().__init__(Magvit2Encoder(**kwargs),
                      Magvit2Decoder(noise_seed=noise_seed, **kwargs))
