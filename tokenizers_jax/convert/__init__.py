@@ -22,6 +22,7 @@ from tokenizers_jax.convert.common import ConversionError
 SOURCES = {'taming': 'tokenizers_jax.convert.taming',
            'open_magvit2': 'tokenizers_jax.convert.open_magvit2',
            'lpips': 'tokenizers_jax.convert.lpips',
+           'flextok': 'tokenizers_jax.convert.flextok',
            'titok': 'tokenizers_jax.convert.titok',
            'neurorvq': 'tokenizers_jax.convert.neurorvq'}
 TARGETS = {'taming': 'tokenizers_jax.convert.taming'}

@@ -166,14 +166,14 @@ class FlexBlock(nnx.Module):
 
   def __init__(self, width: int, num_heads: int, mlp_ratio: float = 4.0, *,
                adaln_groups: int = 0, qk_norm: bool = True,
-               qkv_bias: bool = False, mlp_bias: bool = False,
+               attn_bias: bool = False, mlp_bias: bool = False,
                attn_scale: float | None = None, dtype: Dtype = jnp.float32,
                rngs: nnx.Rngs):
     kw = dict(dtype=dtype, rngs=rngs)
     self.norm1 = _plain_norm(width, **kw)
     self.attn = vit.Attention(width, num_heads, qk_norm='layer' if qk_norm
                           else None, norm_epsilon=FLEX_LN_EPS,
-                          use_bias=qkv_bias, scale=attn_scale, **kw)
+                          use_bias=attn_bias, scale=attn_scale, **kw)
     self.norm2 = _plain_norm(width, **kw)
     hidden = int(2 * int(width * mlp_ratio) / 3)
     self.mlp = GatedMlp(width, max(hidden, 1), use_bias=mlp_bias, **kw)
@@ -255,12 +255,15 @@ class FlexTok(nnx.Module):
     channels: C, the input's channels (3 for images; a VAE's latent width).
     trunk: 'vit' (ours) or 'flextok' (the release's blocks, see the module
       docstring); the options below apply to 'flextok' only:
-      qk_norm, qkv_bias, mlp_bias: per-head q/k LayerNorm; biases.
-      attn_scale: attention logit scale (None: head_dim ** -0.5).
+      qk_norm, attn_bias, mlp_bias: per-head q/k LayerNorm; biases.
+      mup_scale: attention logits scaled by 8 / head_dim (the release's
+        muP scale) instead of head_dim ** -0.5.
       adaln_groups: 1 (one modulation for all decoder tokens) or 2 (patches
         and registers separately).
     time_freq_dim, time_max_period, time_embed_scale: the sinusoidal time
-      embedding (defaults: width, 10000, 1000).
+      embedding (defaults: the decoder width, 10000, 1000).
+    decoder_width, decoder_num_heads: the decoder's (default: the
+      encoder's width and num_heads).
     register_pos_before_dropout, null_cond: see the module docstring.
   """
 
@@ -280,8 +283,10 @@ class FlexTok(nnx.Module):
                num_sample_steps: int = 8, guidance_scale: float = 1.0,
                sample_seed: int = 0, repa: dict[str, Any] | None = None,
                channels: int = 3, trunk: str = 'vit', qk_norm: bool = True,
-               qkv_bias: bool = False, mlp_bias: bool = False,
-               attn_scale: float | None = None, adaln_groups: int = 1,
+               attn_bias: bool = False, mlp_bias: bool = False,
+               mup_scale: bool = False, adaln_groups: int = 1,
+               decoder_width: int | None = None,
+               decoder_num_heads: int | None = None,
                time_freq_dim: int | None = None,
                time_max_period: float = 10000.0,
                time_embed_scale: float = 1000.0,
@@ -329,14 +334,21 @@ class FlexTok(nnx.Module):
     pdim = patch_size * patch_size * channels
     self.causal_registers = causal_registers
     self.width = width
+    dw = decoder_width or width
+    dh = decoder_num_heads or num_heads
+    self.decoder_width = dw
     self.trunk = trunk
-    self.time_freq_dim = time_freq_dim or width
+    self.time_freq_dim = time_freq_dim or dw
     self.time_max_period = time_max_period
     self.time_embed_scale = time_embed_scale
     self.register_pos_before_dropout = register_pos_before_dropout
     self.null_cond = null_cond
-    flex_kw = dict(qk_norm=qk_norm, qkv_bias=qkv_bias, mlp_bias=mlp_bias,
-                   attn_scale=attn_scale)
+    if trunk == 'vit' and dw != width:
+      raise ValueError("decoder_width != width needs trunk='flextok'")
+    flex_kw = dict(qk_norm=qk_norm, attn_bias=attn_bias, mlp_bias=mlp_bias)
+
+    def scale(w, h):  # The release's muP attention scale, 8 / head_dim.
+      return dict(attn_scale=8.0 * h / w if mup_scale else None)
     # Encoder.
     self.patch_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
     self.registers = nnx.Param(
@@ -345,7 +357,8 @@ class FlexTok(nnx.Module):
     self.register_pos = vit.learned_pos(num_registers, width, rngs)
     if trunk == 'flextok':
       self.encoder = FlexTransformer(width, encoder_depth, num_heads,
-                                     mlp_ratio, **flex_kw, **kw)
+                                     mlp_ratio, **flex_kw,
+                                     **scale(width, num_heads), **kw)
     else:
       self.encoder = vit.Transformer(width, encoder_depth, num_heads,
                                      mlp_ratio, **kw)
@@ -354,25 +367,26 @@ class FlexTok(nnx.Module):
                                              dim=embed_dim, rngs=rngs,
                                              **quantizer)
     # Decoder.
-    self.from_code = vit.linear(embed_dim, width, ('code_dim', 'embed'), **kw)
+    self.from_code = vit.linear(embed_dim, dw, ('code_dim', 'embed'), **kw)
     self.mask_token = nnx.Param(
-        0.02 * jax.random.normal(rngs.params(), (width,)),
+        0.02 * jax.random.normal(rngs.params(), (dw,)),
         **qbase.logical('embed'))
-    self.null_token = (nnx.Param(jnp.zeros((width,)), **qbase.logical('embed'))
+    self.null_token = (nnx.Param(jnp.zeros((dw,)), **qbase.logical('embed'))
                        if null_cond == 'learned' else None)
-    self.dec_register_pos = vit.learned_pos(num_registers, width, rngs)
-    self.noisy_embed = vit.linear(pdim, width, ('embed_in', 'embed'), **kw)
-    self.time_mlp1 = vit.linear(self.time_freq_dim, width, ('embed', 'mlp'),
+    self.dec_register_pos = vit.learned_pos(num_registers, dw, rngs)
+    self.noisy_embed = vit.linear(pdim, dw, ('embed_in', 'embed'), **kw)
+    self.time_mlp1 = vit.linear(self.time_freq_dim, dw, ('embed', 'mlp'),
                                 **kw)
-    self.time_mlp2 = vit.linear(width, width, ('mlp', 'embed'), **kw)
+    self.time_mlp2 = vit.linear(dw, dw, ('mlp', 'embed'), **kw)
     if trunk == 'flextok':
-      self.decoder = FlexTransformer(width, decoder_depth, num_heads,
-                                     mlp_ratio, adaln_groups=adaln_groups,
-                                     final_adaln=True, **flex_kw, **kw)
+      self.decoder = FlexTransformer(dw, decoder_depth, dh, mlp_ratio,
+                                     adaln_groups=adaln_groups,
+                                     final_adaln=True, **flex_kw,
+                                     **scale(dw, dh), **kw)
     else:
-      self.decoder = vit.AdaLNTransformer(width, decoder_depth, num_heads,
-                                          width, mlp_ratio, **kw)
-    self.out = vit.linear(width, pdim, ('embed', 'embed_in'), zero=True, **kw)
+      self.decoder = vit.AdaLNTransformer(width, decoder_depth, dh, width,
+                                          mlp_ratio, **kw)
+    self.out = vit.linear(dw, pdim, ('embed', 'embed_in'), zero=True, **kw)
     repa = dict(repa or {})
     self.repa_layer = int(repa.get('layer', 1)) if repa else None
     teacher = None
@@ -386,8 +400,8 @@ class FlexTok(nnx.Module):
                          f'{self.repa_layer}')
       teacher = teachers_lib.make_teacher(
           repa.get('teacher') or dict(name='random_conv'))
-      pd = int(repa.get('proj_dim', 4 * width))
-      self.repa_proj1 = vit.linear(width, pd, ('embed', 'mlp'), **kw)
+      pd = int(repa.get('proj_dim', 4 * dw))
+      self.repa_proj1 = vit.linear(dw, pd, ('embed', 'mlp'), **kw)
       self.repa_proj2 = vit.linear(pd, teacher.out_dim, ('mlp', 'embed'),
                                    **kw)
     self.teacher = teacher
@@ -411,9 +425,9 @@ class FlexTok(nnx.Module):
   def token_shape(self, image_shape) -> tuple[int, ...]:
     return (image_shape[0], self.num_registers)
 
-  def _pos_2d(self) -> np.ndarray:
+  def _pos_2d(self, width: int | None = None) -> np.ndarray:
     g = self.image_size // self.patch_size
-    return vit.sincos_2d(g, g, self.width)
+    return vit.sincos_2d(g, g, width or self.width)
 
   # ---- encoder ---------------------------------------------------------------
 
@@ -448,7 +462,8 @@ class FlexTok(nnx.Module):
     if not self.register_pos_before_dropout:
       r = r + pos
     if self.null_cond is not None and num_kept is not None:
-      null = (jnp.zeros((self.width,), r.dtype) if self.null_token is None
+      null = (jnp.zeros((self.decoder_width,), r.dtype)
+              if self.null_token is None
               else self.null_token[...].astype(r.dtype))
       r = jnp.where((num_kept == 0)[:, None, None], null, r)
     return r
@@ -460,7 +475,7 @@ class FlexTok(nnx.Module):
     patch hidden states)."""
     s, p = self.image_size, self.patch_size
     h = self.noisy_embed(vit.patchify(x_t.astype(cond.dtype), p))
-    h = h + jnp.asarray(self._pos_2d(), h.dtype)
+    h = h + jnp.asarray(self._pos_2d(self.decoder_width), h.dtype)
     c = vit.timestep_embedding(t, self.time_freq_dim,
                                max_period=self.time_max_period,
                                scale=self.time_embed_scale).astype(h.dtype)
