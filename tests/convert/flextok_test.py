@@ -283,20 +283,36 @@ class RefFlexTok(nn.Module):
                     + shift[:, None])
     return unpatchify(out, h, w)
 
-  def detokenize(self, ids, noise, steps, guidance):
+  def detokenize(self, ids, noise, steps, guidance, apg=False):
     keep = ids.shape[1]
     ids = torch.cat([ids, torch.zeros(ids.shape[0], R - keep,
                                       dtype=ids.dtype)], 1)
     cond, uncond = self.registers(ids, keep), self.registers(ids, keep, True)
-    x, dt = noise, 1.0 / steps
+    x, dt, running = noise, 1.0 / steps, 0.0
     for i in range(steps, 0, -1):
       t = torch.full((x.shape[0],), i / steps)
       v = self.velocity(x, t, cond)
       if guidance != 1.0:
         vu = self.velocity(x, t, uncond)
-        v = vu + guidance * (v - vu)
+        if apg:
+          v, running = apg_guidance(v, vu, guidance, running)
+        else:
+          v = vu + guidance * (v - vu)
       x = x - dt * v
     return x
+
+
+def apg_guidance(cond, uncond, scale, running, momentum=-0.5, threshold=2.5):
+  """The pipeline's normalized guidance (eta 0), per sample over h, w, c."""
+  dims = (1, 2, 3)
+  diff = cond - uncond + momentum * running
+  running = diff
+  norm = diff.norm(p=2, dim=dims, keepdim=True)
+  diff = diff * torch.minimum(torch.ones_like(norm), threshold / norm)
+  unit = F.normalize(cond.double(), dim=dims)
+  parallel = ((diff.double() * unit).sum(dim=dims, keepdim=True) * unit)
+  orthogonal = (diff.double() - parallel).float()
+  return cond + (scale - 1) * orthogonal, running
 
 
 def _release() -> RefFlexTok:
@@ -393,18 +409,25 @@ def test_one_velocity_evaluation_matches(release, converted, latents):
     assert float(np.abs(want.numpy()).mean()) > 0.1
 
 
-def test_decode_with_guidance_matches(release, converted, latents):
-  """decode(first 2 ids) = Euler (3 steps) from the same noise with
-  classifier-free guidance 2 through the learned null condition."""
+@pytest.mark.parametrize('guidance', ['cfg', 'apg'])
+def test_decode_with_guidance_matches(release, converted, latents, guidance):
+  """decode(first 2 ids) = Euler (3 steps) from the same noise, guided
+  (scale 3) through the learned null condition: classifier-free guidance, or
+  the release's APG (perform_norm_guidance)."""
   ref, model = release[0], converted[1]
+  assert model.guidance == 'apg'  # The converted default.
   ids = np.asarray(model.encode(jnp.asarray(latents)))[:, :2]
   key = jax.random.PRNGKey(5)
-  got = np.asarray(jax.jit(lambda i: model.decode(
-      i, key=key, num_steps=3, guidance_scale=2.0))(ids))
+  model.guidance = guidance
+  try:
+    got = np.asarray(jax.jit(lambda i: model.decode(
+        i, key=key, num_steps=3, guidance_scale=3.0))(ids))
+  finally:
+    model.guidance = 'apg'
   noise = np.asarray(jax.random.normal(key, latents.shape, jnp.float32))
   with torch.no_grad():
     want = ref.detokenize(torch.from_numpy(ids.astype(np.int64)), _t(noise),
-                          3, 2.0).numpy()
+                          3, 3.0, apg=guidance == 'apg').numpy()
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 

@@ -307,7 +307,8 @@ def build_config(arch: FlexTokArch, base_config: str | None = None,
       decoder_num_heads=arch.decoder_num_heads,
       time_freq_dim=arch.time_freq_dim, time_max_period=TIME_MAX_PERIOD,
       time_embed_scale=1000.0 / arch.max_timestep,
-      register_pos_before_dropout=True, null_cond=arch.null_cond)
+      register_pos_before_dropout=True, null_cond=arch.null_cond,
+      guidance='apg')
   c.quantizer = ml_collections.ConfigDict(
       dict(name='fsq', levels=tuple(arch.levels)), type_safe=False)
   c.loss.weights.repa = 0.0  # The release has no REPA projector.
@@ -533,9 +534,10 @@ def convert(checkpoint: str, workdir: str, *,
       f'the VAE is not converted ({len(vae)} vae.* tensors dropped): the '
       f'model works on VAE latents [B, h, w, {arch.channels}] computed by '
       "the release's own VAE (and its outputs are latents to decode with it)",
-      'decoding: Euler with plain classifier-free guidance '
-      '(model.guidance_scale); the release\'s APG (perform_norm_guidance) is '
-      'not implemented',
+      f'decoding: {PIPELINE_STEPS} Euler steps, no guidance (the release\'s '
+      'API defaults); --set=model.guidance_scale=7.5 gives its recommended '
+      'APG decoding (model.guidance=apg; cfg for plain classifier-free '
+      'guidance)',
   ]
   if arch.nested_dropout not in _NESTED:
     notes.append(f'dec_nested_dropout.size_sampling_mode='

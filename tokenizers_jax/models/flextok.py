@@ -265,6 +265,9 @@ class FlexTok(nnx.Module):
     decoder_width, decoder_num_heads: the decoder's (default: the
       encoder's width and num_heads).
     register_pos_before_dropout, null_cond: see the module docstring.
+    guidance: 'cfg' or 'apg' (adaptive projected guidance, the release's
+      perform_norm_guidance; `rectified_flow.apg_combine`) when
+      guidance_scale != 1.
   """
 
   modality = 'image'
@@ -291,7 +294,7 @@ class FlexTok(nnx.Module):
                time_max_period: float = 10000.0,
                time_embed_scale: float = 1000.0,
                register_pos_before_dropout: bool = False,
-               null_cond: str | None = None,
+               null_cond: str | None = None, guidance: str = 'cfg',
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size {image_size} is not divisible by '
@@ -312,6 +315,9 @@ class FlexTok(nnx.Module):
     if null_cond not in NULL_CONDS:
       raise ValueError(f'unknown null_cond {null_cond!r}; known: '
                        f'{NULL_CONDS}')
+    if guidance not in rf.GUIDANCE:
+      raise ValueError(f'unknown guidance {guidance!r}; known: '
+                       f'{rf.GUIDANCE}')
     if adaln_groups not in (1, 2):
       raise ValueError(f'adaln_groups must be 1 or 2; got {adaln_groups}')
     if trunk == 'vit' and adaln_groups != 1:
@@ -343,6 +349,7 @@ class FlexTok(nnx.Module):
     self.time_embed_scale = time_embed_scale
     self.register_pos_before_dropout = register_pos_before_dropout
     self.null_cond = null_cond
+    self.guidance = guidance
     if trunk == 'vit' and dw != width:
       raise ValueError("decoder_width != width needs trunk='flextok'")
     flex_kw = dict(qk_norm=qk_norm, attn_bias=attn_bias, mlp_bias=mlp_bias)
@@ -507,7 +514,7 @@ class FlexTok(nnx.Module):
     return rf.euler_sample(lambda x, t: self.velocity(x, t, cond), noise,
                            steps, guidance_scale=w,
                            uncond_velocity_fn=lambda x, t: self.velocity(
-                               x, t, uncond))
+                               x, t, uncond), guidance=self.guidance)
 
   # ---- the image-task interface ----------------------------------------------
 

@@ -11,7 +11,11 @@ Euler steps x <- x - (t_i - t_{i+1}) v(x, t_i). The one-step estimate of the
 clean sample from any x_t is x0_hat = x_t - t * v(x_t, t).
 
 Classifier-free guidance combines a conditional and an unconditional velocity
-as v_u + w (v_c - v_u) (w = 1: no guidance).
+as v_u + w (v_c - v_u) (w = 1: no guidance). Adaptive projected guidance
+(APG, Sadat et al. 2024, arXiv 2410.02416; FlexTok's `perform_norm_guidance`)
+instead keeps a momentum average m <- d + beta m of d = v_c - v_u (beta =
+-0.5), scales it to norm <= r (2.5) per sample, removes its component along
+v_c (keeping eta = 0 of it) and returns v_c + (w - 1) m_perp.
 
 Time sampling for training: 'uniform' (t ~ U[0, 1]) or 'logit_normal'
 (t = sigmoid(m + s * N(0, 1)), SD3's and FlexTok's `ln` option).
@@ -30,6 +34,7 @@ import jax.numpy as jnp
 Array = jax.Array
 
 TIME_SAMPLERS = ('uniform', 'logit_normal')
+GUIDANCE = ('cfg', 'apg')
 
 
 def _bcast(t: Array, x: Array) -> Array:
@@ -92,10 +97,30 @@ def cfg_combine(v_cond: Array, v_uncond: Array, scale: float) -> Array:
   return v_uncond + scale * (v_cond - v_uncond)
 
 
+def apg_combine(v_cond: Array, v_uncond: Array, scale: float,
+                running: Array, *, momentum: float = -0.5,
+                norm_threshold: float = 2.5, eta: float = 0.0):
+  """Adaptive projected guidance: (guided velocity, new momentum average).
+
+  Norms and projections are per sample over all non-batch axes.
+  """
+  axes = tuple(range(1, v_cond.ndim))
+  diff = (v_cond - v_uncond) + momentum * running
+  running = diff
+  if norm_threshold > 0:
+    norm = jnp.sqrt(jnp.sum(jnp.square(diff), axis=axes, keepdims=True))
+    diff = diff * jnp.minimum(1.0, norm_threshold / norm)
+  unit = v_cond / jnp.maximum(
+      jnp.sqrt(jnp.sum(jnp.square(v_cond), axis=axes, keepdims=True)), 1e-12)
+  parallel = jnp.sum(diff * unit, axis=axes, keepdims=True) * unit
+  update = (diff - parallel) + eta * parallel
+  return v_cond + (scale - 1.0) * update, running
+
+
 def euler_sample(velocity_fn: Callable[[Array, Array], Array], noise: Array,
                  num_steps: int, *, guidance_scale: float = 1.0,
                  uncond_velocity_fn: Callable[[Array, Array], Array]
-                 | None = None) -> Array:
+                 | None = None, guidance: str = 'cfg') -> Array:
   """Integrates dx/dt = v from t = 1 (x = noise) to t = 0 with Euler steps.
 
   Args:
@@ -105,6 +130,8 @@ def euler_sample(velocity_fn: Callable[[Array, Array], Array], noise: Array,
     guidance_scale: classifier-free guidance weight w; w != 1 needs
       `uncond_velocity_fn`.
     uncond_velocity_fn: (x, t) -> unconditional velocity.
+    guidance: 'cfg' (classifier-free guidance) or 'apg' (`apg_combine`
+      with FlexTok's settings; the momentum starts at 0).
 
   Returns:
     x_0, float32, the shape of `noise`.
@@ -113,8 +140,25 @@ def euler_sample(velocity_fn: Callable[[Array, Array], Array], noise: Array,
     raise ValueError(f'num_steps must be >= 1; got {num_steps}')
   if guidance_scale != 1.0 and uncond_velocity_fn is None:
     raise ValueError('guidance_scale != 1 needs an uncond_velocity_fn')
+  if guidance not in GUIDANCE:
+    raise ValueError(f'unknown guidance {guidance!r}; known: {GUIDANCE}')
   b = noise.shape[0]
   dt = 1.0 / num_steps
+
+  if guidance == 'apg' and guidance_scale != 1.0:
+
+    def apg_body(i, carry):
+      x, running = carry
+      t = jnp.full((b,), 1.0 - i * dt, jnp.float32)
+      v, running = apg_combine(
+          velocity_fn(x, t).astype(jnp.float32),
+          uncond_velocity_fn(x, t).astype(jnp.float32), guidance_scale,
+          running)
+      return x - dt * v, running
+
+    x0 = noise.astype(jnp.float32)
+    return jax.lax.fori_loop(0, num_steps, apg_body,
+                             (x0, jnp.zeros_like(x0)))[0]
 
   def body(i, x):
     t = jnp.full((b,), 1.0 - i * dt, jnp.float32)
