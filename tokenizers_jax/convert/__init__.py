@@ -20,12 +20,14 @@ from tokenizers_jax.convert.common import ConversionError
 
 # source -> module with `convert(...)`; target -> module with `export(...)`.
 SOURCES = {'taming': 'tokenizers_jax.convert.taming',
+           'maskgit': 'tokenizers_jax.convert.maskgit',
            'open_magvit2': 'tokenizers_jax.convert.open_magvit2',
            'lpips': 'tokenizers_jax.convert.lpips',
            'flextok': 'tokenizers_jax.convert.flextok',
            'titok': 'tokenizers_jax.convert.titok',
            'neurorvq': 'tokenizers_jax.convert.neurorvq'}
-TARGETS = {'taming': 'tokenizers_jax.convert.taming'}
+TARGETS = {'taming': 'tokenizers_jax.convert.taming',
+           'maskgit': 'tokenizers_jax.convert.maskgit'}
 
 
 def _module(table: dict, name: str, what: str):

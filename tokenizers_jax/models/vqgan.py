@@ -4,10 +4,14 @@ The image front end's encoder maps images to latents; a 1x1 conv projects
 them to the quantizer's dimension (`embed_dim`), any quantizer from the
 library quantizes them, a 1x1 conv projects back, and the decoder renders.
 
-Front ends: 'taming' (VQ-GAN's conv ResNet with attention) or 'magvit2'
+Front ends: 'taming' (VQ-GAN's conv ResNet with attention), 'magvit2'
 (MAGVIT-v2's attention-free encoder/decoder with adaptive GroupNorm and
 depth-to-space upsampling; `noise_concat=True` gives WeTok's generative
-decoder). Options every variant can use:
+decoder) or 'maskgit' (MaskGIT's attention-free VQGAN,
+`frontends/maskgit_vqgan.py`). Options every variant can use:
+  quant_conv       the 1x1 convs to and from `embed_dim` around the quantizer
+                   (default True; False: the quantizer sees the front end's
+                   latent, as in MaskGIT's release).
   pre_quant_norm   GroupNorm without affine on the latent before the
                    quantizer (MAGVIT-v2 found it important for LFQ).
   entropy_anneal   (factor, steps): the quantizer's entropy-loss weight starts
@@ -48,7 +52,11 @@ def _make_frontend(name: str, **kwargs):
   if name == 'magvit2':
     from tokenizers_jax.frontends.magvit2 import Magvit2FrontEnd  # pylint: disable=g-import-not-at-top
     return Magvit2FrontEnd(**kwargs)
-  raise ValueError(f"unknown image front end {name!r}; known: 'taming', 'magvit2'")
+  if name == 'maskgit':
+    from tokenizers_jax.frontends.maskgit_vqgan import MaskgitFrontEnd  # pylint: disable=g-import-not-at-top
+    return MaskgitFrontEnd(**kwargs)
+  raise ValueError(f"unknown image front end {name!r}; known: 'taming', "
+                   "'magvit2', 'maskgit'")
 
 
 def entropy_anneal_multiplier(step: Array, factor: float, steps: int) -> Array:
@@ -73,19 +81,26 @@ class VQGAN(nnx.Module):
                pre_quant_norm: bool = False,
                entropy_anneal: tuple[float, int] | None = None,
                perturb: dict[str, Any] | None = None,
+               quant_conv: bool = True,
                dtype=jnp.float32, rngs: nnx.Rngs):
     fe_kwargs = dict(frontend)
     self.frontend = _make_frontend(frontend_name, resolution=image_size,
                                    dtype=dtype, rngs=rngs, **fe_kwargs)
     z = self.frontend.z_channels
-    meta = qbase.logical(None, None, 'embed', 'code_dim')
-    self.quant_conv = nnx.Conv(z, embed_dim, (1, 1), dtype=dtype, rngs=rngs,
-                               kernel_metadata=meta,
-                               bias_metadata=qbase.logical('code_dim'))
-    self.post_quant_conv = nnx.Conv(
-        embed_dim, z, (1, 1), dtype=dtype, rngs=rngs,
-        kernel_metadata=qbase.logical(None, None, 'code_dim', 'embed'),
-        bias_metadata=qbase.logical('embed'))
+    if quant_conv:
+      meta = qbase.logical(None, None, 'embed', 'code_dim')
+      self.quant_conv = nnx.Conv(z, embed_dim, (1, 1), dtype=dtype, rngs=rngs,
+                                 kernel_metadata=meta,
+                                 bias_metadata=qbase.logical('code_dim'))
+      self.post_quant_conv = nnx.Conv(
+          embed_dim, z, (1, 1), dtype=dtype, rngs=rngs,
+          kernel_metadata=qbase.logical(None, None, 'code_dim', 'embed'),
+          bias_metadata=qbase.logical('embed'))
+    else:  # The quantizer sees the front end's latent (MaskGIT's VQGAN).
+      if z != embed_dim:
+        raise ValueError(f'quant_conv=False needs embed_dim ({embed_dim}) '
+                         f'equal to the front end z_channels ({z})')
+      self.quant_conv = self.post_quant_conv = None
     q_kwargs = dict(quantizer)
     name = q_kwargs.pop('name')
     self.quantizer = registry.make_quantizer(name, dim=embed_dim, rngs=rngs,
@@ -113,13 +128,17 @@ class VQGAN(nnx.Module):
     return self.frontend.last_layer
 
   def encode_latents(self, x: Array, train: bool = False) -> Array:
-    z = self.quant_conv(self.frontend.encode(x, train=train))
+    z = self.frontend.encode(x, train=train)
+    if self.quant_conv is not None:
+      z = self.quant_conv(z)
     if self.pre_quant_norm is not None:
       z = self.pre_quant_norm(z.astype(jnp.float32)).astype(z.dtype)
     return z
 
   def decode_latents(self, zq: Array, train: bool = False) -> Array:
-    return self.frontend.decode(self.post_quant_conv(zq), train=train)
+    if self.post_quant_conv is not None:
+      zq = self.post_quant_conv(zq)
+    return self.frontend.decode(zq, train=train)
 
   def __call__(self, x: Array, train: bool = False, *, step=None, rng=None,
                quantizer_hook=None) -> model_base.ModelOutput:

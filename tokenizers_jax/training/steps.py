@@ -76,8 +76,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
       'loss.g_loss', 'must be hinge, vanilla (non-saturating) or least_squares')
   req(_opt(config.loss, 'lecam_weight', 0.0) >= 0, 'loss.lecam_weight',
       'must be >= 0')
-  req(_opt(config.model, 'frontend_name', 'taming') in ('taming', 'magvit2'),
-      'model.frontend_name', "must be 'taming' or 'magvit2'")
+  req(_opt(config.model, 'frontend_name', 'taming') in ('taming', 'magvit2',
+                                                       'maskgit'),
+      'model.frontend_name', "must be 'taming', 'magvit2' or 'maskgit'")
   perturb = _opt(config.model, 'perturb')
   if perturb:
     for key in ('alpha', 'beta', 'delta'):
