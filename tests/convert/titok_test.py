@@ -373,3 +373,42 @@ def test_reference_config(monkeypatch):
   cfg['model']['vq_model']['quantize_mode'] = 'vae'
   with pytest.raises(common.ConversionError, match='vae'):
     titok_convert.arch_from_config(cfg, arch)
+
+
+def test_model_call():
+  """The image-task forward of the converted models: pixels equal to the
+  reference (single-stage); a clear error where the pixel decoder is
+  missing (legacy)."""
+  x = _images(seed=1, n=2)
+  ref = _converted(False)[0]
+  out = _tokenizer(False).model(jnp.asarray(x), train=False)
+  np.testing.assert_allclose(out.reconstruction, ref.run(x)[1], atol=1e-4,
+                             rtol=1e-4)
+  with pytest.raises(ValueError, match='decode_logits'):
+    _tokenizer(True).model(jnp.asarray(x), train=False)
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_workdir():
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  results = train_lib.evaluate_workdir(_converted(False)[3], num_batches=1)
+  assert np.isfinite(results['eval/psnr']) and results['step'] == 0
+
+
+def test_init_from_starts_a_run_from_the_converted_weights():
+  from tokenizers_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import tasks  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  workdir = _converted(False)[3]
+  config = train_lib.load_config(workdir)
+  config.init_from = workdir
+  mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, state, _ = tasks.get_task(config).create(config, mesh)
+  saved, _ = common.read_workdir_state(workdir)
+  key = lambda path: tuple(str(p) for p in path)
+  got = {key(p): v for p, v in
+         common.flatten(jax.device_get(state['gen']['params'])).items()}
+  want = {key(p): v for p, v in common.flatten(saved['gen']['params']).items()}
+  assert got.keys() == want.keys()
+  for path in want:
+    np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
