@@ -522,14 +522,23 @@ def test_msb_first_buffers_and_other_discriminators_are_refused(tmp_path):
                         str(tmp_path / 'w'))
   # A discriminator ours cannot host: refused, naming the flag that skips it.
   other = {k: v for k, v in tensors.items()
-           if not k.startswith('loss.discriminator.')}
+           if not k.startswith(('loss.discriminator.',
+                                'loss.perceptual_loss.'))}
   other['loss.discriminator.blocks.0.conv.weight'] = np.zeros((8, 3, 3, 3),
                                                               np.float32)
+  path = _save(tmp_path, other, 'other.pt')
   with pytest.raises(convert_lib.ConversionError,
                      match='--ignore=loss.discriminator.'):
-    convert_lib.convert('open_magvit2', _save(tmp_path, other, 'other.pt'),
-                        str(tmp_path / 'w'))
+    convert_lib.convert('open_magvit2', path, str(tmp_path / 'w'))
   assert not os.path.exists(tmp_path / 'w')
+  # With the flag: the generator is converted, the report says what was not.
+  report = convert_lib.convert('open_magvit2', path, str(tmp_path / 'w'),
+                               ignore=('loss.discriminator.',),
+                               overrides=OVERRIDES)
+  assert 'loss.discriminator.blocks.0.conv.weight' in report[
+      'dropped_on_purpose']
+  assert report['architecture']['disc'] is None
+  assert any('discriminator ignored' in n for n in report['notes'])
 
 
 def test_init_from_starts_a_run_from_the_converted_weights():

@@ -127,7 +127,7 @@ def _count(sd: common.StateDict, pattern: str) -> int:
 
 
 def _disc_arch(sd: common.StateDict) -> tuple[int, int] | None:
-  names = sd.names(_DISC)
+  names = [n for n in sd.names(_DISC) if n not in sd.skipped]  # --ignore
   if not names:
     return None
   if f'{_DISC}main.0.weight' not in sd:
