@@ -8,8 +8,9 @@ with a skip connection -> ELU, conv k7 to the latent dimension D. Paddings
 are EnCodec's non-causal ones (total k - s, the extra sample on the left), so
 a signal of N samples (a multiple of the hop) gives exactly N / hop frames.
 The hop is the product of the strides: tokens per second = sample_rate / hop.
-Not kept from the originals: weight normalisation and reflect padding (plain
-convs with zero padding here).
+Not kept from the originals by default: weight normalisation (plain convs; a
+converted release has g * v / ||v|| folded in) and reflect padding (zero
+padding unless `pad_mode='reflect'`).
 
 Decoder (Vocos backbone as in WavTokenizer): conv k7 embedding -> `pos_net`
 (residual block, self-attention block, residual block) -> LayerNorm ->
@@ -20,8 +21,18 @@ default); magnitudes are exp(.) clipped at 100, and an inverse STFT with
 'same' padding at the token hop gives exactly T * hop samples. The residual
 blocks normalise with LayerNorm over channels (not GroupNorm over time) and the
 attention masks padded frames, so padding an utterance does not change what
-the decoder does on its valid frames. Not kept: Vocos' adaptive LayerNorm
-(bandwidth conditioning).
+the decoder does on its valid frames.
+
+Options for released WavTokenizer models (all off by default): `pad_mode=
+'reflect'` (EnCodec's SConv1d), `conv_shortcut` (a k1 conv instead of the
+identity skip in residual units: EnCodec's true_skip=False),
+`lstm_recurrent_bias` (PyTorch's separate bias_hh), `pos_norm='group'` with
+`pos_res_blocks=2` and `pos_final_norm` (WavTokenizer's pos_net: GroupNorm(32)
+ResNet blocks and attention, two blocks either side of the attention, a
+closing GroupNorm; GroupNorm statistics span all frames, padded ones too),
+`adanorm_embeddings=K` with `bandwidth_id` (Vocos' AdaLayerNorm: per-id scale
+and shift tables [K, E] in the backbone norm and each ConvNeXt norm; the id is
+fixed by the config) and `exact_gelu` (erf GELU as torch.nn.GELU).
 
 Dimension legend:
   B: batch; N: samples (N = T * hop); T: frames (tokens)
@@ -46,16 +57,35 @@ from tokenizers_jax.nn.partitioning import logical
 Array = jax.Array
 
 
+class ReflectConv(nnx.Conv):
+  """nnx.Conv whose input is reflect-padded (EnCodec's SConv1d pad_mode)."""
+
+  def __init__(self, *args, reflect: tuple[int, int], **kwargs):
+    super().__init__(*args, padding='VALID', **kwargs)
+    self.reflect = tuple(reflect)
+
+  def __call__(self, x: Array) -> Array:
+    if any(self.reflect):
+      x = jnp.pad(x, ((0, 0), self.reflect, (0, 0)), mode='reflect')
+    return super().__call__(x)
+
+
 def _conv(cin: int, cout: int, k: int, rngs: nnx.Rngs, *, stride: int = 1,
-          dilation: int = 1, groups: int = 1, dtype=jnp.float32) -> nnx.Conv:
+          dilation: int = 1, groups: int = 1, dtype=jnp.float32,
+          pad_mode: str = 'zeros') -> nnx.Conv:
   """1D conv on [B, L, C] with EnCodec's non-causal padding."""
   total = (k - 1) * dilation + 1 - stride
   right = total // 2
-  return nnx.Conv(cin, cout, (k,), strides=(stride,),
-                  padding=[(total - right, right)], kernel_dilation=(dilation,),
-                  feature_group_count=groups, dtype=dtype, rngs=rngs,
-                  kernel_metadata=logical(None, None, 'embed'),
-                  bias_metadata=logical('embed'))
+  kwargs = dict(strides=(stride,), kernel_dilation=(dilation,),
+                feature_group_count=groups, dtype=dtype, rngs=rngs,
+                kernel_metadata=logical(None, None, 'embed'),
+                bias_metadata=logical('embed'))
+  if pad_mode == 'reflect':
+    return ReflectConv(cin, cout, (k,), reflect=(total - right, right),
+                       **kwargs)
+  if pad_mode != 'zeros':
+    raise ValueError(f"pad_mode must be 'zeros' or 'reflect'; got {pad_mode!r}")
+  return nnx.Conv(cin, cout, (k,), padding=[(total - right, right)], **kwargs)
 
 
 def _linear(cin: int, cout: int, rngs: nnx.Rngs, dtype=jnp.float32,
@@ -67,6 +97,45 @@ def _linear(cin: int, cout: int, rngs: nnx.Rngs, dtype=jnp.float32,
 
 def _layer_norm(dim: int, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(dim, epsilon=1e-6, dtype=jnp.float32, rngs=rngs)
+
+
+# WavTokenizer's pos_net normalises with GroupNorm(32 groups, eps 1e-6).
+POS_GROUPS = 32
+
+
+def _pos_norm(dim: int, kind: str, rngs: nnx.Rngs) -> nnx.Module:
+  if kind == 'layer':
+    return _layer_norm(dim, rngs)
+  return nnx.GroupNorm(dim, num_groups=POS_GROUPS, epsilon=1e-6,
+                       use_fast_variance=False, dtype=jnp.float32, rngs=rngs)
+
+
+class AdaLayerNorm(nnx.Module):
+  """Vocos' AdaLayerNorm: LayerNorm without affine, then the scale and shift
+  rows of a fixed conditioning id (tables [K, E])."""
+
+  def __init__(self, num_embeddings: int, dim: int, cond_id: int):
+    if not 0 <= cond_id < num_embeddings:
+      raise ValueError(f'bandwidth_id {cond_id} is not in [0, '
+                       f'{num_embeddings})')
+    self.scale = nnx.Param(jnp.ones((num_embeddings, dim), jnp.float32),
+                           **logical(None, None))
+    self.shift = nnx.Param(jnp.zeros((num_embeddings, dim), jnp.float32),
+                           **logical(None, None))
+    self.cond_id = cond_id
+
+  def __call__(self, x: Array) -> Array:
+    x = x.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    y = (x - mean) * jax.lax.rsqrt(var + 1e-6)
+    return y * self.scale[self.cond_id] + self.shift[self.cond_id]
+
+
+def _backbone_norm(dim: int, config: 'AudioConfig', rngs: nnx.Rngs):
+  if config.adanorm_embeddings:
+    return AdaLayerNorm(config.adanorm_embeddings, dim, config.bandwidth_id)
+  return _layer_norm(dim, rngs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +154,18 @@ class AudioConfig:
     attn_blocks: self-attention blocks in `pos_net` (each between two
       residual blocks' worth of context; 0 disables attention).
     n_fft: iSTFT size; None: 4 * hop. n_fft - hop must be even.
+    pad_mode: encoder conv padding, 'zeros' or 'reflect' (EnCodec).
+    conv_shortcut: residual units skip through a k1 conv (EnCodec's
+      true_skip=False) instead of the identity.
+    lstm_recurrent_bias: the LSTM keeps PyTorch's second (recurrent) bias.
+    pos_norm: 'layer' (per-frame LayerNorm) or 'group' (GroupNorm(32) over
+      channels and time, WavTokenizer) in pos_net's blocks.
+    pos_res_blocks: residual blocks on each side of each attention block.
+    pos_final_norm: pos_net ends with a norm of kind `pos_norm`.
+    adanorm_embeddings: K > 0: AdaLayerNorm tables [K, E] in the backbone
+      norm and the ConvNeXt norms (Vocos' bandwidth conditioning).
+    bandwidth_id: the AdaLayerNorm row used.
+    exact_gelu: erf GELU (torch.nn.GELU) instead of the tanh approximation.
   """
   n_filters: int = 8
   strides: tuple[int, ...] = (4, 5, 8)
@@ -96,6 +177,15 @@ class AudioConfig:
   num_convnext: int = 2
   attn_blocks: int = 1
   n_fft: int | None = None
+  pad_mode: str = 'zeros'
+  conv_shortcut: bool = False
+  lstm_recurrent_bias: bool = False
+  pos_norm: str = 'layer'
+  pos_res_blocks: int = 1
+  pos_final_norm: bool = False
+  adanorm_embeddings: int = 0
+  bandwidth_id: int = 0
+  exact_gelu: bool = False
 
   def __post_init__(self):
     if not self.strides or min(self.strides) < 1:
@@ -106,6 +196,21 @@ class AudioConfig:
     if (self.fft_size - self.hop) % 2 or self.fft_size < self.hop:
       raise ValueError(f'n_fft={self.fft_size} must be >= hop={self.hop} '
                        'with n_fft - hop even')
+    if self.pad_mode not in ('zeros', 'reflect'):
+      raise ValueError(f"pad_mode must be 'zeros' or 'reflect'; got "
+                       f'{self.pad_mode!r}')
+    if self.pos_norm not in ('layer', 'group'):
+      raise ValueError(f"pos_norm must be 'layer' or 'group'; got "
+                       f'{self.pos_norm!r}')
+    if self.pos_norm == 'group' and self.dec_dim % POS_GROUPS:
+      raise ValueError(f"pos_norm='group' needs dec_dim divisible by "
+                       f'{POS_GROUPS}; got {self.dec_dim}')
+    if self.pos_res_blocks < 1:
+      raise ValueError('pos_res_blocks must be >= 1')
+    if self.adanorm_embeddings and not (
+        0 <= self.bandwidth_id < self.adanorm_embeddings):
+      raise ValueError(f'bandwidth_id {self.bandwidth_id} is not in [0, '
+                       f'{self.adanorm_embeddings})')
 
   @property
   def hop(self) -> int:
@@ -117,33 +222,48 @@ class AudioConfig:
 
 
 class ResidualUnit(nnx.Module):
-  """SEANet residual unit: x + conv1(ELU(conv3(ELU(x))))."""
+  """SEANet residual unit: skip(x) + conv1(ELU(conv3(ELU(x)))), skip the
+  identity or (conv_shortcut) a k1 conv."""
 
-  def __init__(self, ch: int, dilation: int, rngs: nnx.Rngs, dtype):
+  def __init__(self, ch: int, dilation: int, rngs: nnx.Rngs, dtype,
+               pad_mode: str = 'zeros', conv_shortcut: bool = False):
     hidden = max(ch // 2, 1)
-    self.conv1 = _conv(ch, hidden, 3, rngs, dilation=dilation, dtype=dtype)
-    self.conv2 = _conv(hidden, ch, 1, rngs, dtype=dtype)
+    self.conv1 = _conv(ch, hidden, 3, rngs, dilation=dilation, dtype=dtype,
+                       pad_mode=pad_mode)
+    self.conv2 = _conv(hidden, ch, 1, rngs, dtype=dtype, pad_mode=pad_mode)
+    self.shortcut = (_conv(ch, ch, 1, rngs, dtype=dtype, pad_mode=pad_mode)
+                     if conv_shortcut else None)
 
   def __call__(self, x: Array) -> Array:
-    return x + self.conv2(jax.nn.elu(self.conv1(jax.nn.elu(x))))
+    skip = x if self.shortcut is None else self.shortcut(x)
+    return skip + self.conv2(jax.nn.elu(self.conv1(jax.nn.elu(x))))
 
 
 class LSTM(nnx.Module):
   """Stacked LSTM over time with a skip connection (EnCodec's SLSTM)."""
 
-  def __init__(self, dim: int, num_layers: int, rngs: nnx.Rngs, dtype):
+  def __init__(self, dim: int, num_layers: int, rngs: nnx.Rngs, dtype,
+               recurrent_bias: bool = False):
     self.inp = nnx.List([_linear(dim, 4 * dim, rngs, dtype)
                          for _ in range(num_layers)])
     self.rec = nnx.List([nnx.Linear(dim, 4 * dim, use_bias=False, dtype=dtype,
                                     rngs=rngs,
                                     kernel_metadata=logical(None, 'mlp'))
                          for _ in range(num_layers)])
+    # PyTorch's bias_hh (gate order i, f, o, u as the kernels); it only adds
+    # to the input bias, kept apart so a release's tensors round-trip.
+    self.rec_bias = (nnx.List([nnx.Param(jnp.zeros((4 * dim,), jnp.float32),
+                                         **logical('mlp'))
+                               for _ in range(num_layers)])
+                     if recurrent_bias else None)
     self.dim = dim
 
   def __call__(self, x: Array) -> Array:
     h_seq = x
-    for inp, rec in zip(self.inp, self.rec):
+    for n, (inp, rec) in enumerate(zip(self.inp, self.rec)):
       gates_x = inp(h_seq)  # [B, T, 4D]
+      if self.rec_bias is not None:
+        gates_x = gates_x + self.rec_bias[n][...].astype(gates_x.dtype)
       kernel = rec.kernel[...]
 
       def step(carry, g, kernel=kernel):
@@ -167,18 +287,22 @@ class AudioEncoder(nnx.Module):
                rngs: nnx.Rngs):
     self.config = config
     ch = config.n_filters
-    self.conv_in = _conv(1, ch, 7, rngs, dtype=dtype)
+    pm = config.pad_mode
+    self.conv_in = _conv(1, ch, 7, rngs, dtype=dtype, pad_mode=pm)
     blocks, downs = [], []
     for s in config.strides:
-      blocks.append(nnx.List([ResidualUnit(ch, 2 ** j, rngs, dtype)
+      blocks.append(nnx.List([ResidualUnit(ch, 2 ** j, rngs, dtype, pm,
+                                           config.conv_shortcut)
                               for j in range(config.residual_layers)]))
-      downs.append(_conv(ch, 2 * ch, 2 * s, rngs, stride=s, dtype=dtype))
+      downs.append(_conv(ch, 2 * ch, 2 * s, rngs, stride=s, dtype=dtype,
+                         pad_mode=pm))
       ch *= 2
     self.blocks = nnx.List(blocks)
     self.downs = nnx.List(downs)
-    self.lstm = (LSTM(ch, config.lstm_layers, rngs, dtype)
+    self.lstm = (LSTM(ch, config.lstm_layers, rngs, dtype,
+                      config.lstm_recurrent_bias)
                  if config.lstm_layers else None)
-    self.conv_out = _conv(ch, config.dim, 7, rngs, dtype=dtype)
+    self.conv_out = _conv(ch, config.dim, 7, rngs, dtype=dtype, pad_mode=pm)
     self.hop = config.hop
     self.dtype = dtype
 
@@ -195,12 +319,13 @@ class AudioEncoder(nnx.Module):
 
 
 class ResBlock1d(nnx.Module):
-  """Vocos pos_net residual block with per-frame LayerNorm and SiLU."""
+  """Vocos pos_net residual block with per-frame LayerNorm (or GroupNorm)
+  and SiLU."""
 
-  def __init__(self, dim: int, rngs: nnx.Rngs, dtype):
-    self.norm1 = _layer_norm(dim, rngs)
+  def __init__(self, dim: int, rngs: nnx.Rngs, dtype, norm: str = 'layer'):
+    self.norm1 = _pos_norm(dim, norm, rngs)
     self.conv1 = _conv(dim, dim, 3, rngs, dtype=dtype)
-    self.norm2 = _layer_norm(dim, rngs)
+    self.norm2 = _pos_norm(dim, norm, rngs)
     self.conv2 = _conv(dim, dim, 3, rngs, dtype=dtype)
 
   def __call__(self, x: Array) -> Array:
@@ -213,8 +338,8 @@ class AttnBlock(nnx.Module):
   """Single-head self-attention over frames (Vocos/WavTokenizer pos_net),
   with padded frames masked out as keys."""
 
-  def __init__(self, dim: int, rngs: nnx.Rngs, dtype):
-    self.norm = _layer_norm(dim, rngs)
+  def __init__(self, dim: int, rngs: nnx.Rngs, dtype, norm: str = 'layer'):
+    self.norm = _pos_norm(dim, norm, rngs)
     self.qkv = _linear(dim, 3 * dim, rngs, dtype)
     self.proj = _linear(dim, dim, rngs, dtype, names=('mlp', None))
 
@@ -229,17 +354,20 @@ class AttnBlock(nnx.Module):
 class ConvNeXtBlock(nnx.Module):
   """Depthwise conv k7 -> LayerNorm -> Linear-GELU-Linear -> layer scale."""
 
-  def __init__(self, dim: int, ffn: int, scale: float, rngs: nnx.Rngs, dtype):
+  def __init__(self, dim: int, ffn: int, scale: float, rngs: nnx.Rngs, dtype,
+               config: AudioConfig | None = None):
     self.dwconv = _conv(dim, dim, 7, rngs, groups=dim, dtype=dtype)
-    self.norm = _layer_norm(dim, rngs)
+    self.norm = (_layer_norm(dim, rngs) if config is None
+                 else _backbone_norm(dim, config, rngs))
     self.fc1 = _linear(dim, ffn, rngs, dtype)
     self.fc2 = _linear(ffn, dim, rngs, dtype, names=('mlp', None))
     self.gamma = nnx.Param(jnp.full((dim,), scale, jnp.float32),
                            **logical(None))
+    self.exact_gelu = bool(config is not None and config.exact_gelu)
 
   def __call__(self, x: Array) -> Array:
     h = self.norm(self.dwconv(x)).astype(x.dtype)
-    h = self.fc2(jax.nn.gelu(self.fc1(h)))
+    h = self.fc2(jax.nn.gelu(self.fc1(h), approximate=not self.exact_gelu))
     return x + (self.gamma[...] * h).astype(x.dtype)
 
 
@@ -268,13 +396,18 @@ class AudioDecoder(nnx.Module):
     self.config = config
     e = config.dec_dim
     self.embed = _conv(config.dim, e, 7, rngs, dtype=dtype)
-    pos = [ResBlock1d(e, rngs, dtype)]
+    pn, nres = config.pos_norm, config.pos_res_blocks
+    pos = [ResBlock1d(e, rngs, dtype, pn) for _ in range(nres)]
     for _ in range(config.attn_blocks):
-      pos += [AttnBlock(e, rngs, dtype), ResBlock1d(e, rngs, dtype)]
+      pos += [AttnBlock(e, rngs, dtype, pn)]
+      pos += [ResBlock1d(e, rngs, dtype, pn) for _ in range(nres)]
     self.pos_net = nnx.List(pos)
-    self.norm = _layer_norm(e, rngs)
+    self.pos_final_norm = (_pos_norm(e, pn, rngs) if config.pos_final_norm
+                           else None)
+    self.norm = _backbone_norm(e, config, rngs)
     scale = 1.0 / max(config.num_convnext, 1)
-    self.blocks = nnx.List([ConvNeXtBlock(e, config.dec_ffn, scale, rngs, dtype)
+    self.blocks = nnx.List([ConvNeXtBlock(e, config.dec_ffn, scale, rngs, dtype,
+                                          config)
                             for _ in range(config.num_convnext)])
     self.final_norm = _layer_norm(e, rngs)
     self.head = ISTFTHead(e, config.fft_size, config.hop, rngs, dtype)
@@ -292,6 +425,8 @@ class AudioDecoder(nnx.Module):
     h = self.embed(z)
     for block in self.pos_net:
       h = block(h, mask) if isinstance(block, AttnBlock) else block(h)
+    if self.pos_final_norm is not None:
+      h = self.pos_final_norm(h).astype(z.dtype)
     h = self.norm(h).astype(z.dtype)
     for block in self.blocks:
       h = block(h)

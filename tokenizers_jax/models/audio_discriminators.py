@@ -10,6 +10,15 @@ Every sub-discriminator returns its logits and the list of its hidden feature
 maps (for the feature-matching loss). LeakyReLU 0.1 as in HiFi-GAN/Vocos; no
 weight normalisation and no batch statistics (the `rest` state is empty).
 
+Options for WavTokenizer's discriminators (off by default): `mrd_style=
+'vocos'` (Vocos' DiscriminatorR: the rectangular-window STFT magnitude
+[B, F, T, 1] through (7, 5)/(5, 3)/(5, 3)/(3, 3)/(3, 3) convs with strides
+(2, 2)/(2, 1)/(2, 2)/(2, 1)/(2, 2) and `mrd_channels` channels),
+`mpd_first_feature=False` (the first MPD conv's output is not a feature map,
+as in HiFi-GAN) and `cond_embeddings=K` with `cond_id` (the bandwidth
+embedding [K, C] of each sub-discriminator: logits += <emb[cond_id], h> over
+the channels of the last hidden map h).
+
 Dimension legend:
   B: batch; N: samples; p: period; T: STFT frames; F: frequency bins
   C: conv channels
@@ -22,6 +31,7 @@ from typing import Any, Sequence
 from flax import nnx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tokenizers_jax.nn import signal
 from tokenizers_jax.nn.partitioning import logical
@@ -65,11 +75,42 @@ def _leaky(x):
   return jax.nn.leaky_relu(x, 0.1)
 
 
+class _CondEmbedding(nnx.Module):
+  """Vocos' conditional projection: <emb[id], h> over channels."""
+
+  def __init__(self, num: int, channels: int, cond_id: int):
+    if not 0 <= cond_id < num:
+      raise ValueError(f'cond_id {cond_id} is not in [0, {num})')
+    self.table = nnx.Param(jnp.zeros((num, channels), jnp.float32),
+                           **logical(None, None))
+    self.cond_id = cond_id
+
+  def __call__(self, h: Array) -> Array:
+    e = self.table[self.cond_id].astype(h.dtype)
+    return jnp.sum(h * e, axis=-1, keepdims=True)
+
+
+def _cond_stack(convs, post, emb, h: Array, first_feature: bool = True
+                ) -> tuple[Array, list[Array]]:
+  """`_conv_stack` with the optional conditional term and first feature."""
+  feats = []
+  for i, conv in enumerate(convs):
+    h = _leaky(conv(h))
+    if first_feature or i > 0:
+      feats.append(h)
+  out = post(h)
+  feats.append(out)
+  if emb is not None:
+    out = out + emb(h)
+  return out, feats
+
+
 class PeriodDiscriminator(nnx.Module):
   """HiFi-GAN period discriminator for one period."""
 
   def __init__(self, period: int, channels: Sequence[int], rngs: nnx.Rngs,
-               dtype=jnp.float32):
+               dtype=jnp.float32, *, first_feature: bool = True,
+               cond_embeddings: int = 0, cond_id: int = 0):
     if period < 1:
       raise ValueError(f'period must be >= 1; got {period}')
     self.period = period
@@ -81,6 +122,9 @@ class PeriodDiscriminator(nnx.Module):
     self.convs = nnx.List(convs)
     self.post = _conv2d(cin, 1, (3, 1), (1, 1), rngs, dtype)
     self.dtype = dtype
+    self.first_feature = first_feature
+    self.emb = (_CondEmbedding(cond_embeddings, cin, cond_id)
+                if cond_embeddings else None)
 
   def __call__(self, x: Array) -> tuple[Array, list[Array]]:
     b, n = x.shape
@@ -88,7 +132,9 @@ class PeriodDiscriminator(nnx.Module):
     if pad:
       x = jnp.pad(x, ((0, 0), (0, pad)), mode='reflect')
     h = x.reshape(b, -1, self.period, 1).astype(self.dtype)
-    return _conv_stack(self.convs, self.post, h)
+    if self.emb is None and self.first_feature:
+      return _conv_stack(self.convs, self.post, h)
+    return _cond_stack(self.convs, self.post, self.emb, h, self.first_feature)
 
 
 def _conv_stack(convs, post, h: Array) -> tuple[Array, list[Array]]:
@@ -126,6 +172,38 @@ class ResolutionDiscriminator(nnx.Module):
     return _conv_stack(self.convs, self.post, h)
 
 
+# Vocos' DiscriminatorR: (kernel, stride) of its five convs over [F, T].
+VOCOS_MRD = (((7, 5), (2, 2)), ((5, 3), (2, 1)), ((5, 3), (2, 2)),
+             ((3, 3), (2, 1)), ((3, 3), (2, 2)))
+
+
+class VocosResolutionDiscriminator(nnx.Module):
+  """Vocos/WavTokenizer DiscriminatorR on |STFT| with a rectangular window
+  (torch.stft(window=None, center=True)), laid out [B, F, T, 1]."""
+
+  def __init__(self, n_fft: int, hop: int, channels: int, rngs: nnx.Rngs,
+               dtype=jnp.float32, *, cond_embeddings: int = 0,
+               cond_id: int = 0):
+    self.n_fft, self.hop = n_fft, hop
+    convs, cin = [], 1
+    for kernel, stride in VOCOS_MRD:
+      convs.append(_conv2d(cin, channels, kernel, stride, rngs, dtype))
+      cin = channels
+    self.convs = nnx.List(convs)
+    self.post = _conv2d(channels, 1, (3, 3), (1, 1), rngs, dtype)
+    self.emb = (_CondEmbedding(cond_embeddings, channels, cond_id)
+                if cond_embeddings else None)
+    self.dtype = dtype
+
+  def __call__(self, x: Array) -> tuple[Array, list[Array]]:
+    window = np.ones((self.n_fft,), np.float32)
+    s = signal.stft(x.astype(jnp.float32), self.n_fft, self.hop,
+                    window=window)
+    mag = jnp.swapaxes(jnp.abs(s), -1, -2)  # [B, F, T]
+    h = mag[..., None].astype(self.dtype)
+    return _cond_stack(self.convs, self.post, self.emb, h)
+
+
 class AudioDiscriminator(nnx.Module):
   """MPD + MRD: `__call__(x [B, N]) -> (logits list, feature-map lists)`.
 
@@ -138,6 +216,11 @@ class AudioDiscriminator(nnx.Module):
     mrd_layers: strided MRD convs (Vocos 3).
     mrd_first_stride: frequency stride of the first MRD conv (Vocos 1; 2
       quarters the cost of the most expensive layer on CPU).
+    mrd_style: 'univnet' (the convs above) or 'vocos' (Vocos' DiscriminatorR;
+      `mrd_layers` and `mrd_first_stride` are then unused).
+    mpd_first_feature: the first MPD conv's output is a feature map.
+    cond_embeddings: K > 0: a bandwidth embedding per sub-discriminator.
+    cond_id: the embedding row used.
     dtype: compute dtype.
     rngs: `nnx.Rngs`.
   """
@@ -148,19 +231,33 @@ class AudioDiscriminator(nnx.Module):
                                                         (2048, 512)),
                mpd_channels: Sequence[int] = (32, 128, 512, 1024, 1024),
                mrd_channels: int = 32, mrd_layers: int = 3,
-               mrd_first_stride: int = 1, dtype=jnp.float32, rngs: nnx.Rngs,
+               mrd_first_stride: int = 1, mrd_style: str = 'univnet',
+               mpd_first_feature: bool = True, cond_embeddings: int = 0,
+               cond_id: int = 0, dtype=jnp.float32, rngs: nnx.Rngs,
                **unused: Any):
     if unused:
       raise TypeError(f'AudioDiscriminator: unknown arguments {sorted(unused)}')
     if not periods and not resolutions:
       raise ValueError('AudioDiscriminator needs at least one period or '
                        'resolution')
-    self.mpd = nnx.List([PeriodDiscriminator(p, tuple(mpd_channels), rngs,
-                                             dtype) for p in periods])
-    self.mrd = nnx.List([ResolutionDiscriminator(n, h, mrd_channels,
-                                                 mrd_layers, rngs, dtype,
-                                                 mrd_first_stride)
-                         for n, h in resolutions])
+    if mrd_style not in ('univnet', 'vocos'):
+      raise ValueError(f"mrd_style must be 'univnet' or 'vocos'; got "
+                       f'{mrd_style!r}')
+    cond = dict(cond_embeddings=cond_embeddings, cond_id=cond_id)
+    self.mpd = nnx.List([PeriodDiscriminator(
+        p, tuple(mpd_channels), rngs, dtype,
+        first_feature=mpd_first_feature, **cond) for p in periods])
+    if mrd_style == 'vocos':
+      self.mrd = nnx.List([VocosResolutionDiscriminator(
+          n, h, mrd_channels, rngs, dtype, **cond) for n, h in resolutions])
+    elif cond_embeddings and resolutions:
+      raise ValueError("cond_embeddings needs mrd_style='vocos' for the "
+                       'resolution discriminators')
+    else:
+      self.mrd = nnx.List([ResolutionDiscriminator(n, h, mrd_channels,
+                                                   mrd_layers, rngs, dtype,
+                                                   mrd_first_stride)
+                           for n, h in resolutions])
 
   @property
   def num_discriminators(self) -> int:
