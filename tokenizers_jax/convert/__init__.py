@@ -25,8 +25,10 @@ SOURCES = {'taming': 'tokenizers_jax.convert.taming',
            'lpips': 'tokenizers_jax.convert.lpips',
            'flextok': 'tokenizers_jax.convert.flextok',
            'titok': 'tokenizers_jax.convert.titok',
-           'neurorvq': 'tokenizers_jax.convert.neurorvq'}
+           'neurorvq': 'tokenizers_jax.convert.neurorvq',
+           'wavtokenizer': 'tokenizers_jax.convert.wavtokenizer'}
 TARGETS = {'taming': 'tokenizers_jax.convert.taming',
+           'wavtokenizer': 'tokenizers_jax.convert.wavtokenizer',
            'maskgit': 'tokenizers_jax.convert.maskgit'}
 
 
