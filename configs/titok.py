@@ -120,7 +120,13 @@ def use_decoder_finetuning(c: ml_collections.ConfigDict, teacher: str,
   c.model.proxy_teacher = teacher
   c.model.finetune_decoder = True
   c.init_from = stage1
-  c.optim.frozen = ENCODER_PARAMS
+  frozen = ENCODER_PARAMS
+  # The released-checkpoint options (convert/titok.py) add encoder weights.
+  if c.model.get('class_token'):
+    frozen += ('class_token',)
+  if c.model.get('pre_norm'):
+    frozen += ('ln_pre',)
+  c.optim.frozen = frozen
   c.loss.recon = 'l2'
   c.loss.recon_weight = 1.0
   if variant == 's128':  # TiTok stage 2 (the perceptual term stays LPIPS).
