@@ -558,3 +558,63 @@ def test_init_from_starts_a_run_from_the_converted_weights():
   assert got.keys() == want.keys()
   for path in want:
     np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+
+
+def test_export_round_trip_and_strict_load(tmp_path):
+  raw, ema, tensors, workdir, _ = _converted()
+  out = str(tmp_path / 'open_magvit2.safetensors')
+  report = convert_lib.export('open_magvit2', workdir, out)
+  assert report['ema']
+  from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
+  exported = load_file(out)
+  assert sorted(exported) == sorted(tensors)
+  for name, value in tensors.items():
+    if (name.endswith('num_batches_tracked')  # Not kept by our BatchNorm.
+        or name.startswith('model_ema.lossdiscriminator')):  # No disc EMA.
+      continue
+    np.testing.assert_array_equal(exported[name], value, err_msg=name)
+  # The raw and the EMA weights load strictly into the release's modules.
+  x = _images(2)
+  for prefix, model in (('', raw), ('model_ema.', ema)):
+    fresh = OpenMagvit2VQModel()
+    names = fresh.state_dict().keys()
+    ema_names = {k for k in names if k.startswith(('encoder.', 'decoder.'))}
+    fresh.load_state_dict(
+        {k: torch.from_numpy(exported[om2.ema_name(k)] if prefix and k in
+                             ema_names else exported[k])
+         for k in names}, strict=True)
+    ids_a, rec_a, _ = fresh.eval().tokens_and_reconstruction(x)
+    ids_b, rec_b, _ = model.tokens_and_reconstruction(x)
+    np.testing.assert_array_equal(ids_a, ids_b)
+    np.testing.assert_array_equal(rec_a, rec_b)
+  import yaml  # pylint: disable=g-import-not-at-top
+  with open(str(tmp_path / 'open_magvit2.yaml')) as f:
+    cfg = yaml.safe_load(f)
+  args = cfg['model']['init_args']
+  assert args['ddconfig']['ch_mult'] == list(CH_MULT)
+  assert (args['embed_dim'], args['n_embed']) == (Z, 2 ** Z)
+  assert args['batch_maximization_weight'] == 0.5
+  loss = args['lossconfig']['params']
+  assert loss['gen_loss_weight'] == pytest.approx(0.1)
+  assert loss['codebook_enlarge_ratio'] == 3.0
+  # The YAML converts back to the same architecture.
+  inferred = om2.infer_arch(common.StateDict(tensors, 'test'), SIZE)
+  assert om2.arch_from_config(cfg, inferred).structure() == inferred.structure()
+
+
+def test_export_refuses_what_the_release_cannot_express():
+  workdir = _converted()[3]
+  config = train_lib.load_config(workdir)
+  state, _ = common.read_workdir_state(workdir)
+  params = common.flatten(state['gen']['params'])
+  om2._check_exportable(config, params)  # pylint: disable=protected-access
+  moved = dict(params)
+  moved[('quant_conv', 'kernel')] = params[('quant_conv', 'kernel')] * 1.01
+  with pytest.raises(convert_lib.ConversionError, match='quant_conv'):
+    om2._check_exportable(config, moved)  # pylint: disable=protected-access
+  config.model.frontend.depth_to_space_order = 'crd'
+  config.model.pre_quant_norm = True
+  with pytest.raises(convert_lib.ConversionError) as err:
+    om2._check_exportable(config, params)  # pylint: disable=protected-access
+  assert 'depth_to_space_order' in str(err.value)
+  assert 'pre_quant_norm' in str(err.value)

@@ -28,6 +28,7 @@ SOURCES = {'taming': 'tokenizers_jax.convert.taming',
            'neurorvq': 'tokenizers_jax.convert.neurorvq',
            'wavtokenizer': 'tokenizers_jax.convert.wavtokenizer'}
 TARGETS = {'taming': 'tokenizers_jax.convert.taming',
+           'open_magvit2': 'tokenizers_jax.convert.open_magvit2',
            'wavtokenizer': 'tokenizers_jax.convert.wavtokenizer',
            'maskgit': 'tokenizers_jax.convert.maskgit'}
 

@@ -4,6 +4,8 @@
       --checkpoint=imagenet_256_L.ckpt \
       --reference_config=configs/Open-MAGVIT2/gpu/imagenet_lfqgan_256_L.yaml \
       --workdir=/tmp/open_magvit2_256
+  python -m tokenizers_jax.convert --export=open_magvit2 \
+      --workdir=/tmp/open_magvit2_256 --output=/tmp/open_magvit2.safetensors
 
 The release's `VQModel` (src/Open_MAGVIT2/models/lfqgan.py; a Lightning
 checkpoint whose `state_dict` loads with `weights_only=True`, else the
@@ -53,6 +55,11 @@ Losses (`lossconfig.params` of VQLPIPSWithDiscriminator): entropy weight
 (1 + ratio, steps)`, `gen_loss_weight` -> fixed `loss.disc_weight` (None:
 VQ-GAN's adaptive weight x `disc_weight`), `lecam_loss_weight`, `disc_start`,
 L1 + `perceptual_weight` x LPIPS.
+
+Export writes the same names back (raw weights and `model_ema.*` from our
+EMA, the discriminator, LPIPS) plus the Lightning-CLI YAML; it refuses a
+workdir whose quant convs are no longer identities or whose front end is not
+in the release's layout.
 
 Dimension legend: Z latent channels = embed_dim = bits B (2^B codes),
 L discriminator layers.
@@ -636,3 +643,176 @@ def convert(checkpoint: str, workdir: str, *,
                        report=report)
   return report
 
+
+
+# -----------------------------------------------------------------------------
+# Export.
+# -----------------------------------------------------------------------------
+
+_RELEASE_FRONTEND = dict(conv_bias=False, adaptive_norm='before',
+                         decoder_norm_out='group', adaptive_norm_ddof=1,
+                         depth_to_space_order='dcr', shortcut_kernel=1,
+                         noise_concat=False)
+
+
+def _check_exportable(config, params: dict) -> None:
+  from tokenizers_jax.frontends.image import group_count  # pylint: disable=g-import-not-at-top
+  m, q = config.model, dict(config.quantizer)
+  fe = dict(m.frontend)
+  problems = []
+  if config.get('model_name') not in ('lfqgan', 'vqgan') or m.get(
+      'frontend_name') != 'magvit2':
+    problems.append('only LFQ-GAN models with the magvit2 front end')
+  defaults = dict(conv_bias=True, adaptive_norm='after',
+                  decoder_norm_out='adaptive', adaptive_norm_ddof=0,
+                  depth_to_space_order='crd', shortcut_kernel=1,
+                  noise_concat=False)
+  for key, want in _RELEASE_FRONTEND.items():
+    if fe.get(key, defaults[key]) != want:
+      problems.append(f'model.frontend.{key}={fe.get(key, defaults[key])!r} '
+                      f'(the release: {want!r})')
+  widths = [fe['ch'] * k for k in fe['ch_mult']]
+  groups = fe.get('num_groups', 32)
+  if any(group_count(w, groups) != GROUPS for w in widths):
+    problems.append(f'the release normalises with {GROUPS} groups; widths '
+                    f'{widths} with num_groups={groups} do not')
+  if m.get('pre_quant_norm'):
+    problems.append('model.pre_quant_norm has no Open-MAGVIT2 counterpart')
+  if q.get('name') != 'lfq' or q.get('spherical'):
+    problems.append(f'quantizer {q.get("name")!r} is not a plain LFQ')
+  if float(q.get('codebook_scale', 1.0)) != 1.0:
+    problems.append('quantizer.codebook_scale != 1')
+  if int(q.get('num_groups', 1)) not in (1, 2):
+    problems.append('quantizer.num_groups > 2 (token_factorization splits '
+                    'in two)')
+  if 2 ** int(m.embed_dim) != int(q['codebook_size']) or int(
+      m.embed_dim) != int(fe['z_channels']):
+    problems.append('embed_dim, z_channels and log2(codebook_size) must be '
+                    'equal (the release\'s LFQ reads the encoder output)')
+  for conv in IDENTITY_CONVS:
+    if (conv, 'kernel') not in params:
+      continue
+    kernel = np.asarray(params[(conv, 'kernel')])
+    if not (np.array_equal(kernel, _identity(kernel.shape))
+            and not np.any(np.asarray(params[(conv, 'bias')]))):
+      problems.append(f'{conv} is not the identity (trained without '
+                      'optim.frozen?); the release has no such conv')
+  if problems:
+    raise common.ConversionError('this workdir cannot be written as an '
+                                 'Open-MAGVIT2 VQModel: ' + '; '.join(problems))
+
+
+def release_config(config) -> dict:
+  """The release's Lightning-CLI YAML (as a dict) of one of our configs."""
+  fe, q, loss = config.model.frontend, dict(config.quantizer), config.loss
+  bits = int(config.model.embed_dim)
+  smw = 1.0
+  factor, steps = tuple(config.model.get('entropy_anneal', (1.0, 0)))
+  params = {
+      'disc_conditional': False, 'disc_in_channels': 3,
+      'disc_start': int(loss.disc_start),
+      'codebook_weight': float(q.get('entropy_loss_weight', 0.1)) / smw,
+      'commit_weight': float(q.get('commitment_loss_weight', 0.25)),
+      'codebook_enlarge_ratio': float(factor) - 1.0 if steps else 0.0,
+      'codebook_enlarge_steps': int(steps or 2000),
+      'pixelloss_weight': float(loss.recon_weight),
+      'perceptual_weight': float(loss.perceptual_weight),
+      'disc_num_layers': int(config.disc.n_layers),
+      'disc_ndf': int(config.disc.ndf), 'disc_loss': str(loss.gan_loss)}
+  if loss.get('adaptive_weight', True):
+    params['disc_weight'] = float(loss.disc_weight)
+  else:
+    params['gen_loss_weight'] = float(loss.disc_weight)
+  if loss.get('lecam_weight'):
+    params['lecam_loss_weight'] = float(loss.lecam_weight)
+  init = {
+      'ddconfig': {'double_z': False, 'z_channels': int(fe.z_channels),
+                   'resolution': int(config.data.image_size),
+                   'in_channels': int(fe.get('in_channels', 3)),
+                   'out_ch': int(fe.get('in_channels', 3)), 'ch': int(fe.ch),
+                   'ch_mult': [int(k) for k in fe.ch_mult],
+                   'num_res_blocks': int(fe.num_res_blocks)},
+      'lossconfig': {'target': 'src.Open_MAGVIT2.modules.losses.'
+                               'vqperceptual.VQLPIPSWithDiscriminator',
+                     'params': params},
+      'n_embed': 2 ** bits, 'embed_dim': bits,
+      'learning_rate': float(config.optim.lr),
+      'sample_minimization_weight': smw,
+      'batch_maximization_weight': float(q.get('diversity_gamma', 1.0)) * smw,
+      'use_ema': float(config.get('ema_decay', 0.0) or 0.0) > 0}
+  if int(q.get('num_groups', 1)) == 2:
+    init.update(token_factorization=True,
+                factorized_bits=[bits // 2, bits - bits // 2])
+  size = int(config.data.image_size)
+  return {'model': {'class_path': 'src.Open_MAGVIT2.models.lfqgan.VQModel',
+                    'init_args': init},
+          'data': {'class_path': 'main.DataModuleFromConfig',
+                   'init_args': {'train': {'params': {'config': {
+                       'size': size}}}}}}
+
+
+def export(workdir: str, output: str, *, use_ema: bool = True,
+           discriminator: bool = True, lpips: bool = True) -> dict:
+  """Writes a workdir's LFQ-GAN as an Open-MAGVIT2 VQModel state dict.
+
+  `output` ends in .safetensors (or .pt/.pth/.bin for torch.save); the
+  Lightning-CLI YAML goes next to it (`.yaml`, or `.json` without PyYAML).
+  The raw weights go to `encoder.*`/`decoder.*`, the EMA (when kept and
+  `use_ema`) to LitEma's `model_ema.*` (the release evaluates with those);
+  the discriminator (BatchNorm PatchGAN) and the LPIPS weights named by the
+  config are included unless switched off. The discriminator has no EMA
+  here: its `model_ema.*` copies are its weights.
+  """
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = train_lib.load_config(workdir)
+  state, step = common.read_workdir_state(workdir)
+  raw = common.flatten(state['gen']['params'])
+  ema = common.flatten(state.get('ema') or {})
+  used_ema = bool(use_ema and ema)
+  _check_exportable(config, raw)
+  if used_ema:
+    _check_exportable(config, ema)
+
+  def torch_value(value):
+    value = np.asarray(value, np.float32)
+    if value.ndim == 4:
+      return common.conv_to_torch(value)
+    return np.ascontiguousarray(value.T) if value.ndim == 2 else value
+
+  out = {}
+  for tree, prefix in ((raw, False), (ema if used_ema else {}, True)):
+    for path, value in tree.items():
+      name = generator_name(path)
+      if name is not None:
+        out[ema_name(name) if prefix else name] = torch_value(value)
+  notes = []
+  if discriminator and config.disc.get('norm', 'batch') == 'batch':
+    n_layers = int(config.disc.n_layers)
+    disc_params = common.flatten(state['disc']['params'])
+    for path, value in list(disc_params.items()) + list(
+        common.flatten(state['disc']['rest']).items()):
+      name = taming_convert.discriminator_name(path, n_layers)
+      out[name] = torch_value(value)
+      if used_ema and path in disc_params:
+        out[ema_name(name)] = torch_value(value)
+    for n in range(n_layers):
+      out[f'{_DISC}main.{3 + 3 * n}.num_batches_tracked'] = np.zeros(
+          (), np.int64)
+  elif discriminator:
+    notes.append(f'discriminator norm {config.disc.norm!r} is not the '
+                 'release\'s BatchNorm: not exported')
+  if used_ema:
+    out[f'{_EMA}decay'] = np.asarray(config.ema_decay, np.float32)
+    out[f'{_EMA}num_updates'] = np.asarray(-1, np.int32)
+  if lpips and config.loss.get('lpips_vgg_path') and config.loss.get(
+      'lpips_lin_path'):
+    out.update(taming_convert._lpips_tensors(config))  # pylint: disable=protected-access
+  elif lpips:
+    notes.append('no LPIPS files in the config: loss.perceptual_loss.* not '
+                 'exported (the release loads its own with strict=False)')
+  common.write_tensors(output, out)
+  yaml_path = taming_convert._write_taming_config(  # pylint: disable=protected-access
+      output, release_config(config))
+  return {'target': SOURCE, 'workdir': os.path.abspath(workdir),
+          'step': int(step), 'ema': used_ema, 'output': os.path.abspath(output),
+          'config': yaml_path, 'tensors': len(out), 'notes': notes}
