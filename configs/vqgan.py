@@ -29,7 +29,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # texture at this size (weight 0.8 from step 1000 cost 0.5 dB over steps
     # 1500-2000), so it joins at step 1000 with weight 0.1 (held-out PSNR
     # 19.91 dB at 2000 with 64 train crops per photo; starting it at 1500
-    # instead gave 19.79 dB). With 512 crops per photo: 20.47 dB.
+    # instead gave 19.79 dB). With 512 crops per photo: 20.24 dB (README).
     c.loss.recon = 'l2'
     c.loss.disc_weight = 0.1
   elif args.variant == 'test':

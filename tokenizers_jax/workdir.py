@@ -2,12 +2,14 @@
 
   config = workdir.load_config(path)                 # config.json, upgraded
   params, rest, step, used_ema = workdir.read_generator(path)
+  state, step = workdir.read_state(path)
 
 `read_generator` restores only the tokenizer's weights (`state['gen']` and
 `state['ema']`) of an orbax checkpoint, as host numpy arrays, from the
 checkpoint's own array metadata: no model has to be built to read it, the
 optimizer and discriminator states are not read, and nothing is unpickled.
-`models/tokenizer.py` and the training system's `init_from` both use it.
+`models/tokenizer.py` and the training system's `init_from` both use it;
+`read_state` restores a whole train state the same way (converters).
 """
 
 from __future__ import annotations
@@ -38,11 +40,9 @@ def latest_step(workdir: str) -> int | None:
     mgr.close()
 
 
-def read_generator(workdir: str, step: int | None = None,
-                   use_ema: bool = True):
-  """(params, rest, step, used_ema) of a workdir's checkpoint (default the
-  latest), as nested dicts of numpy arrays. params are the EMA weights when
-  `use_ema` and the run kept an EMA."""
+def _restore(workdir: str, step: int | None, select):
+  """(select(metadata) restored as numpy arrays, step): the arrays of the
+  subtree `select` picks from a checkpoint's metadata tree."""
   ckdir = checkpoint_dir(workdir)
   if not os.path.isdir(ckdir):
     raise FileNotFoundError(f'no checkpoints under {ckdir}')
@@ -56,15 +56,7 @@ def read_generator(workdir: str, step: int | None = None,
       raise FileNotFoundError(f'no checkpoint for step {step} in {ckdir}; '
                               f'steps: {sorted(mgr.all_steps())}')
     meta = mgr.item_metadata(step)['state']
-    meta = getattr(meta, 'tree', meta)
-    if 'gen' not in meta:
-      raise ValueError(f'{ckdir}/{step} holds no tokenizer weights '
-                       "(state['gen']); is it a tokenizers_jax workdir?")
-    ema_meta = meta.get('ema') or {}
-    used_ema = bool(use_ema and jax.tree.leaves(ema_meta))
-    wanted = {'gen': meta['gen']}
-    if used_ema:
-      wanted['ema'] = ema_meta
+    wanted = select(getattr(meta, 'tree', meta), f'{ckdir}/{step}')
     target = jax.tree.map(lambda m: np.zeros(m.shape, m.dtype), wanted)
     restore_args = jax.tree.map(
         lambda m: ocp.RestoreArgs(restore_type=np.ndarray), wanted)
@@ -73,5 +65,30 @@ def read_generator(workdir: str, step: int | None = None,
                                      partial_restore=True)))['state']
   finally:
     mgr.close()
-  params = state['ema'] if used_ema else state['gen']['params']
-  return params, state['gen'].get('rest') or {}, step, used_ema
+  return state, step
+
+
+def read_state(workdir: str, step: int | None = None) -> tuple[dict, int]:
+  """(the whole train state, step) of a workdir's checkpoint (default the
+  latest) as nested dicts of numpy arrays."""
+  return _restore(workdir, step, lambda meta, where: meta)
+
+
+def read_generator(workdir: str, step: int | None = None,
+                   use_ema: bool = True):
+  """(params, rest, step, used_ema) of a workdir's checkpoint (default the
+  latest), as nested dicts of numpy arrays. params are the EMA weights when
+  `use_ema` and the run kept an EMA."""
+  used = []
+
+  def select(meta, where):
+    if 'gen' not in meta:
+      raise ValueError(f'{where} holds no tokenizer weights '
+                       "(state['gen']); is it a tokenizers_jax workdir?")
+    ema_meta = meta.get('ema') or {}
+    used.append(bool(use_ema and jax.tree.leaves(ema_meta)))
+    return {'gen': meta['gen'], **({'ema': ema_meta} if used[0] else {})}
+
+  state, step = _restore(workdir, step, select)
+  params = state['ema'] if used[0] else state['gen']['params']
+  return params, state['gen'].get('rest') or {}, step, used[0]

@@ -30,7 +30,7 @@ from tokenizers_jax import config_lib
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.models import registry
 from tokenizers_jax.training import abstract
-from tokenizers_jax.training import core
+from tokenizers_jax.training import optim
 from tokenizers_jax.training import tasks
 from tokenizers_jax.training import train
 
@@ -85,7 +85,7 @@ def _abstract_tokenizer(config, mesh):
         nnx.to_pure_dict(state), sh)
 
   params, rest = shaped(nnx.Param), shaped(nnx.Not(nnx.Param))
-  tx = core.make_optimizer(config.optim, config.total_steps)
+  tx = optim.make_optimizer(config.optim, config.total_steps)
   opt = jax.eval_shape(tx.init, params)
   opt_sh = abstract.opt_state_shardings(
       opt, params, jax.tree.map(lambda x: x.sharding, params), mesh)

@@ -21,7 +21,7 @@ from tokenizers_jax import config_lib
 from tokenizers_jax import sharding as sharding_lib
 from tokenizers_jax.models import titok
 from tokenizers_jax.training import checkpoint as ckpt_lib
-from tokenizers_jax.training import core
+from tokenizers_jax.training import optim
 from tokenizers_jax.training import steps as steps_lib
 from tokenizers_jax.training import train as train_lib
 
@@ -31,7 +31,7 @@ TITOK = os.path.join(REPO, 'configs', 'titok.py')
 
 
 def _flat(tree):
-  return {core.path_str(p): np.asarray(v)
+  return {optim.path_str(p): np.asarray(v)
           for p, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
@@ -175,9 +175,9 @@ def test_config_errors():
       lr=1e-3, warmup_steps=0, schedule='constant', end_lr_factor=1.0,
       grad_clip=1.0, b1=0.9, b2=0.99, weight_decay=0.0, frozen=('encodr',)))
   with pytest.raises(config_lib.ConfigError, match=r"\['encodr'\] match no"):
-    core.make_optimizer(cfg, 10).init(params)
+    optim.make_optimizer(cfg, 10).init(params)
   cfg.frozen = ('encoder',)
-  tx = core.make_optimizer(cfg, 10)
+  tx = optim.make_optimizer(cfg, 10)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_array_equal(updates['encoder']['w'], 0.0)

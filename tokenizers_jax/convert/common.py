@@ -326,26 +326,8 @@ def write_workdir(workdir: str, config,
 def read_workdir_state(workdir: str) -> tuple[dict, int]:
   """The latest checkpoint's whole train state as host arrays, read from
   orbax's array metadata (no model is built, nothing is unpickled)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  ckdir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(ckdir):
-    raise FileNotFoundError(f'no checkpoints under {ckdir}')
-  mgr = ocp.CheckpointManager(
-      ckdir, item_handlers={'state': ocp.StandardCheckpointHandler()})
-  try:
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {ckdir}')
-    meta = mgr.item_metadata(step)['state']
-    meta = getattr(meta, 'tree', meta)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          meta)
-    state = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
-  finally:
-    mgr.close()
-  return jax.tree.map(np.asarray, state), step
+  from tokenizers_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  return workdir_lib.read_state(workdir)
 
 
 def write_tensors(path: str, tensors: Mapping[str, np.ndarray]) -> None:

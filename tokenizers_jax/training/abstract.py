@@ -22,7 +22,7 @@ for `mesh`:
     sizes on `mesh` do not divide: the rule of `sharding.state_shardings`;
   * optimizer states (`state['X_opt']`): each leaf like the parameter of
     `state['X']['params']` it belongs to (`opt_state_shardings`).
-    `core.build_state` shards them the same way (`core.opt_state_shardings`);
+    `core.build_state` shards them the same way (`optim.opt_state_shardings`);
     `opt_shardings='as_created'` keeps whatever `create` gave them.
 
 Configs with a perceptual loss need local LPIPS weight files; when none are
@@ -37,7 +37,6 @@ import copy
 import os
 import shutil
 import tempfile
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,7 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from tokenizers_jax import sharding as sharding_lib
-from tokenizers_jax.training import core
+from tokenizers_jax.training import optim
 from tokenizers_jax.training import tasks
 
 
@@ -83,7 +82,7 @@ def refit(spec, shape, mesh) -> P:
   return P(*out)
 
 
-opt_state_shardings = core.opt_state_shardings
+opt_state_shardings = optim.opt_state_shardings
 
 
 def sharded_fraction(tree, axis: str = 'fsdp') -> tuple[float, int]:

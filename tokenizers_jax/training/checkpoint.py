@@ -65,30 +65,3 @@ def restore_state_only(workdir: str, state_like: Any, step: int | None = None):
       state=ocp.args.StandardRestore(abstract_like(state_like))))
   mgr.close()
   return restored['state'], step
-
-
-def read_generator(workdir: str):
-  """The latest checkpoint of a training `workdir` as host arrays: (params,
-  rest, step, used_ema); params are the EMA when the run kept one. Reads
-  orbax's array metadata and restores numpy arrays (nothing is unpickled)."""
-  ckdir = os.path.join(os.path.abspath(workdir), 'checkpoints')
-  if not os.path.isdir(ckdir):
-    raise FileNotFoundError(f'config.init_from: no checkpoints under {ckdir}')
-  mgr = ocp.CheckpointManager(
-      ckdir, item_handlers={'state': ocp.StandardCheckpointHandler()})
-  try:
-    step = mgr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'config.init_from: no checkpoint in {ckdir}')
-    meta = mgr.item_metadata(step)['state']
-    meta = getattr(meta, 'tree', meta)
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype),
-                          meta)
-    state = mgr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target)))['state']
-  finally:
-    mgr.close()
-  ema = state.get('ema') or {}
-  used_ema = bool(jax.tree.leaves(ema))
-  params = ema if used_ema else state['gen']['params']
-  return params, state['gen'].get('rest') or {}, step, used_ema
