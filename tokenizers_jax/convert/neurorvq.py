@@ -147,11 +147,9 @@ def infer_arch(sd: common.StateDict) -> NeuroRVQArch:
     raise common.ConversionError(f'{out_chans} conv channels: the release\'s '
                                  'GroupNorm(4) needs a multiple of 4')
   n_glob1, d = sd.shape('encoder.pos_embed')
-  n_patches = sd.shape('encoder.time_embed')[0] if (
-      'encoder.time_embed' in sd) else _need(sd, 'encoder.time_embed')[0]
-  if sd.shape('decoder.pos_embed') != (n_glob1, d) or (
-      'decoder.time_embed' in sd and sd.shape('decoder.time_embed')
-      != (n_patches, d)):
+  n_patches = _need(sd, 'encoder.time_embed')[0]
+  if (sd.shape('decoder.pos_embed') != (n_glob1, d)
+      or _need(sd, 'decoder.time_embed') != (n_patches, d)):
     raise common.ConversionError(
         'the decoder\'s pos_embed/time_embed differ in shape from the '
         'encoder\'s; our model shares n_patches and the electrode list')

@@ -18,6 +18,13 @@ cosine of its phase (Linear-Tanh-Linear-Tanh). `rebuild_signal` inverts:
 x = Re(iFFT(expm1(A*sigma + mu) * (cos + i sin))). (`output='time'` instead
 has one Linear-GELU-Linear head for the standardised signal itself.)
 
+Release options (default off; `convert/neurorvq.py` sets them to load
+NeuroRVQ's own checkpoints): the spatial table size (`num_electrodes`),
+right-aligned temporal embeddings (`temporal_align='right'`), the LayerNorm
+and GroupNorm epsilons (torch's 1e-5) and GroupNorm statistics over a whole
+example (`group_norm_scope='example'`: all channels and patches, as the
+release's GroupNorm over its [B, K, C*A, T] image; padded patches left out).
+
 Dimension legend:
   B: batch; C: channels; A: patches per window; T = A*P samples
   P: patch size (200 = 1 s at 200 Hz); F = P FFT bins (full FFT)
