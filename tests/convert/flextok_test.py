@@ -357,7 +357,8 @@ def converted(release):
   workdir = os.path.join(root, 'workdir')
   report = convert_lib.convert('flextok', ckpt, workdir, reference_config=cfg,
                                image_size=SIZE)
-  return report, Tokenizer.from_workdir(workdir).model
+  tokenizer = Tokenizer.from_workdir(workdir)
+  return report, tokenizer.model, tokenizer
 
 
 @pytest.fixture(scope='module')
@@ -372,8 +373,7 @@ def latents():
 
 
 def test_token_ids_equal_the_reference(release, converted, latents):
-  ref = release[0]
-  model = converted[1]
+  ref, model = release[0], converted[1]
   with torch.no_grad():
     want = ref.tokenize(_t(latents)).numpy()
   got = np.asarray(jax.jit(lambda x: model.encode(x))(latents))
@@ -431,8 +431,24 @@ def test_decode_with_guidance_matches(release, converted, latents, guidance):
   np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
 
 
+def test_tokenizer_decode_is_the_release_default_decode(release, converted,
+                                                        latents):
+  """Tokenizer.from_workdir(...).decode: the release's default detokenize
+  (25 Euler steps, no guidance) from the model's fixed-seed noise, clipped
+  to [-1, 1] as Tokenizer.decode does (image semantics)."""
+  ref, model, tokenizer = release[0], converted[1], converted[2]
+  with torch.no_grad():
+    ids = ref.tokenize(_t(latents))
+  got = np.asarray(tokenizer.decode(ids.numpy().astype(np.int32)))
+  noise = np.asarray(jax.random.normal(jax.random.PRNGKey(model.sample_seed),
+                                       latents.shape, jnp.float32))
+  with torch.no_grad():
+    want = ref.detokenize(ids.long(), _t(noise), 25, 1.0).numpy()
+  np.testing.assert_allclose(got, np.clip(want, -1, 1), atol=1e-4, rtol=0)
+
+
 def test_report_and_config(converted):
-  report, model = converted
+  report, model = converted[:2]
   assert report['tensors_converted'] + 2 == report['tensors_in_checkpoint']
   assert report['dropped_on_purpose'] == ['vae.* (2 tensors)']
   arch = report['architecture']

@@ -13,25 +13,27 @@ our model: the converted model works on the VAE's latents ([B, h, w, C],
 `model.channels = C`), which the release's own VAE computes (`vae.*` tensors
 are dropped on purpose and listed in the report).
 
-  release (encoder.module_dict. / decoder.module_dict.)      ours (gen params)
-  enc_patch_emb.patch_proj.{weight,bias}              patch_embed
-  enc_posemb_module.posembs [1, D, g, g]              (fixed 2D sin-cos; checked)
-  enc_register_module.registers [R, D]                registers (register_pos = 0)
-  enc_transformer.blocks.{i}.attn.w{q,k,v}.weight     encoder/blocks/{i}/attn/qkv ([q|k|v])
-  enc_transformer.blocks.{i}.attn.proj.weight         encoder/blocks/{i}/attn/proj
-  enc_transformer.blocks.{i}.mlp.fc{1,2,3}.weight     encoder/blocks/{i}/mlp/fc{1,2,3}
-  enc_to_latents.proj.{weight,bias}                   to_code (its LayerNorm: encoder/norm)
-  dec_from_latents.proj.{weight,bias}                 from_code
-  dec_registers_posemb_module.posembs [1, 1, D', R]   dec_register_pos [R, D']
-  dec_nested_dropout.dropout_mask_token [D']          mask_token
-  dec_latent_dropout.nullcond [D'] (LearnedNullCond)  null_token (ZeroNullCond: none)
-  dec_noise_patch_emb.patch_proj.{weight,bias}        noisy_embed
-  dec_patches_posemb_module.posembs [1, D', g, g]     (fixed 2D sin-cos; checked)
-  dec_time_embedder.mlp.{0,2}.{weight,bias}           time_mlp1, time_mlp2
-  dec_transformer.blocks.{i}.* (as the encoder's)     decoder/blocks/{i}/*
-  dec_transformer.blocks.{i}.adaLN_modulation.1.*     decoder/blocks/{i}/ada
-  dec_to_patches.adaLN_modulation.1.*, proj.*         decoder/ada, out
+  release (encoder.module_dict. / decoder.module_dict.)   ours (gen params)
+  enc_patch_emb.patch_proj                           patch_embed
+  enc_posemb_module.posembs [1, D, g, g]             (fixed sin-cos; checked)
+  enc_register_module.registers [R, D]               registers
+  enc_transformer.blocks.{i}.attn.w{q,k,v}           encoder/blocks/{i}/attn/qkv
+  enc_transformer.blocks.{i}.attn.proj               .../attn/proj
+  enc_transformer.blocks.{i}.mlp.fc{1,2,3}           .../mlp/fc{1,2,3}
+  enc_to_latents.proj (after a LayerNorm)            to_code (encoder/norm)
+  dec_from_latents.proj                              from_code
+  dec_registers_posemb_module.posembs [1, 1, D', R]  dec_register_pos [R, D']
+  dec_nested_dropout.dropout_mask_token [D']         mask_token
+  dec_latent_dropout.nullcond [D'] (LearnedNullCond) null_token
+  dec_noise_patch_emb.patch_proj                     noisy_embed
+  dec_patches_posemb_module.posembs [1, D', g, g]    (fixed sin-cos; checked)
+  dec_time_embedder.mlp.{0,2}                        time_mlp1, time_mlp2
+  dec_transformer.blocks.{i}.* (as the encoder's)    decoder/blocks/{i}/*
+  dec_transformer.blocks.{i}.adaLN_modulation.1      decoder/blocks/{i}/ada
+  dec_to_patches.adaLN_modulation.1, .proj           decoder/ada, out
 
+(register_pos is 0: the release's encoder registers carry no separate
+position; a ZeroNullCond has no tensor and gives `null_cond='zero'`.)
 Linear weights are [out, in] there and [in, out] here. The release has no
 q/k-norm parameters (parameter-free LayerNorms): ours are set to scale 1,
 bias 0; absent biases are zeros. Every tensor of the checkpoint must be used.
