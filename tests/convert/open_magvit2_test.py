@@ -618,3 +618,10 @@ def test_export_refuses_what_the_release_cannot_express():
     om2._check_exportable(config, params)  # pylint: disable=protected-access
   assert 'depth_to_space_order' in str(err.value)
   assert 'pre_quant_norm' in str(err.value)
+
+
+@pytest.mark.slow
+def test_evaluate_reads_the_workdir():
+  """The converted workdir as it is (LPIPS files, release loss weights)."""
+  results = train_lib.evaluate_workdir(_converted()[3], num_batches=1)
+  assert np.isfinite(results['eval/psnr']) and results['step'] == 0
