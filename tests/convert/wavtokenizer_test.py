@@ -590,3 +590,51 @@ def test_weight_norm_fold_is_exact_after_export():
       wt.fold_weight_norm(m.weight_g.detach().numpy(),
                           m.weight_v.detach().numpy()),
       m.weight.detach().numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_architecture_from_shapes_equals_the_yaml(release):
+  sd = common.StateDict(common.read_tensors(release['ckpt']), 'release')
+  inferred = wt.infer_arch(sd)
+  from_yaml = wt.arch_from_config(common.read_config_file(release['yaml']),
+                                  inferred)
+  assert inferred.structure() == from_yaml.structure()
+  assert inferred.mpd == ((2, 3, 5, 7, 11), MPD_WIDTHS)
+  assert inferred.mrd == (RESOLUTIONS, MRD_CHANNELS)
+  assert inferred.wn_style == 'weight_g' and inferred.conv_shortcut
+
+
+def test_init_from_loads_the_converted_generator(release):
+  from tokenizers_jax import sharding as sharding_lib  # pylint: disable=g-import-not-at-top
+  workdir = release['workdir']
+  config = train_lib.load_config(workdir)
+  config.init_from = workdir
+  mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  _, state, _ = audio_task.create(config, mesh)
+  saved, _ = common.read_workdir_state(workdir)
+  key = lambda path: tuple(str(p) for p in path)  # Orbax: string indices.
+  for part in ('params', 'rest'):
+    got = {key(p): v for p, v in common.flatten(
+        jax.device_get(state['gen'][part])).items()}
+    want = {key(p): v for p, v in common.flatten(saved['gen'][part]).items()}
+    for path in want:
+      if 'rng_key' in path:
+        continue
+      np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+
+
+@pytest.mark.slow
+def test_training_resumes_the_converted_workdir_with_its_gan(release,
+                                                             tmp_path):
+  """One GAN step from the converted state (generator, EMA codebook and
+  both discriminators), then the evaluation."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(release['workdir'], workdir)
+  config = train_lib.load_config(workdir)
+  config.data.data_dir = str(tmp_path / 'tfds')
+  config.total_steps = 1
+  config.eval_every = 1
+  config.num_eval_batches = 1
+  final = train_lib.train_and_evaluate(config, workdir)
+  assert final['step'] == 1
+  assert np.isfinite(final['eval/mel_distance'])

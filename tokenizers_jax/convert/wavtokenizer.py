@@ -703,14 +703,20 @@ def build_config(arch: WavTokArch, base_config: str | None = None,
   disc = disc_config(arch, bandwidth_id)
   if disc is not None:
     c.disc = ml_collections.ConfigDict(disc, type_safe=False)
+  # The release's objective (decoder/experiment.py, loss.py): 45 x L1 log-mel
+  # (100 mels, n_fft 1024, hop 256), 1000 x commitment, hinge GAN + feature
+  # matching; AdamW (torch defaults: betas 0.9/0.999, weight decay 0.01).
   loss = dict(arch.loss)
-  if 'mel_loss_coeff' in loss:
-    c.loss.mel_weight = float(loss['mel_loss_coeff'])
-  if 'pretrain_mel_steps' in loss:
-    c.loss.disc_start = int(loss['pretrain_mel_steps'])
-  if 'initial_learning_rate' in loss:
-    c.optim.lr = float(loss['initial_learning_rate'])
-    c.disc_optim.lr = float(loss['initial_learning_rate'])
+  c.loss.mel_weight = float(loss.get('mel_loss_coeff', 45.0))
+  c.loss.mel_scales = ((1024, 100),)
+  c.loss.quantizer_weight = 1000.0
+  c.loss.gan_loss = 'hinge'
+  c.loss.disc_weight = 1.0
+  c.loss.fm_weight = 1.0
+  c.loss.disc_start = int(loss.get('pretrain_mel_steps', 0))
+  lr = float(loss.get('initial_learning_rate', 2e-4))
+  for opt in (c.optim, c.disc_optim):
+    opt.lr, opt.b1, opt.b2, opt.weight_decay = lr, 0.9, 0.999, 0.01
   return c
 
 
