@@ -13,28 +13,30 @@ one-line extraction `common.read_tensors` prints) maps onto
 `models/vqgan.py: VQGAN` with the `magvit2` front end in the release's layout
 (`configs/lfq.py: OPEN_MAGVIT2_LAYOUT`) and the `lfq` quantizer:
 
-  Open-MAGVIT2                               ours (gen params)
-  encoder.conv_in.weight (no bias)           frontend/encoder/conv_in/kernel
-  encoder.down.{i}.block.{j}.{norm1,conv1,norm2,conv2,nin_shortcut}.*
-                                             frontend/encoder/down/{i}/blocks/{j}/
-                                               {norm1,conv1,norm2,conv2,shortcut}/*
-  encoder.down.{i}.downsample.*              frontend/encoder/down/{i}/downsample/*
-  encoder.mid_block.{j}.*                    frontend/encoder/mid_blocks/{j}/*
-  encoder.norm_out.*, encoder.conv_out.*     frontend/encoder/norm_out, conv_out
-  decoder.conv_in.*, decoder.mid_block.{j}.* frontend/decoder/conv_in, mid_blocks/{j}
-  decoder.up.{i}.block.{j}.*                 frontend/decoder/up/{i}/blocks/{j}/*
-  decoder.up.{i}.upsample.conv1.*            frontend/decoder/up/{i}/upsample/conv/*
-  decoder.adaptive.{i}.{gamma,beta}.*        frontend/decoder/up/{i}/norm/{gamma,beta}/*
-  decoder.norm_out.*, decoder.conv_out.*     frontend/decoder/norm_out, conv_out
-  (none: LFQ reads the encoder output)       quant_conv, post_quant_conv: identity
-                                             1x1 convs, frozen (optim.frozen)
-  quantize.{mask,codebook,zero,...} buffers  checked (LSB-first bits), dropped
-  model_ema.{name without dots}              our EMA of the generator (`ema`)
-  model_ema.lossdiscriminator*, decay,       dropped (we keep no discriminator
-    num_updates                              EMA); decay -> config.ema_decay
-  loss.discriminator.main.{0, 2+3n, 2+3L}    disc conv_in, convs/{n}, conv_out
-  loss.discriminator.main.{3+3n}             disc norms/{n} (BatchNorm)
-  loss.perceptual_loss.*                     LPIPS files in workdir/lpips/
+  Open-MAGVIT2 (encoder.* / decoder.*)   ours (frontend/encoder|decoder/...)
+  conv_in.weight (encoder: no bias)      conv_in/kernel
+  down.{i}.block.{j}.{norm1,conv1,norm2,conv2,nin_shortcut}.*
+                                         down/{i}/blocks/{j}/
+                                           {norm1,conv1,norm2,conv2,shortcut}/*
+  down.{i}.downsample.*                  down/{i}/downsample/*
+  mid_block.{j}.*                        mid_blocks/{j}/*
+  up.{i}.block.{j}.*                     up/{i}/blocks/{j}/*
+  up.{i}.upsample.conv1.*                up/{i}/upsample/conv/*
+  adaptive.{i}.{gamma,beta}.*            up/{i}/norm/{gamma,beta}/* (Linear)
+  norm_out.*, conv_out.*                 norm_out/*, conv_out/*
+
+  Open-MAGVIT2 (the rest)                ours
+  (none: LFQ reads the encoder output)   quant_conv, post_quant_conv:
+                                           identity 1x1 convs, frozen
+                                           (config.optim.frozen)
+  quantize.{mask,codebook,zero} buffers  checked (LSB-first bits), dropped
+  model_ema.{name without dots}          the EMA of the generator (`ema`)
+  model_ema.lossdiscriminator*,          dropped (no discriminator EMA
+    model_ema.num_updates                  here); model_ema.decay ->
+                                           config.ema_decay
+  loss.discriminator.main.{0,2+3n,2+3L}  disc conv_in, convs/{n}, conv_out
+  loss.discriminator.main.{3+3n}         disc norms/{n} (BatchNorm)
+  loss.perceptual_loss.*                 LPIPS files in workdir/lpips/
 
 The released discriminator is taming's NLayerDiscriminator (PatchGAN with
 BatchNorm), which ours hosts. A checkpoint with another discriminator layout
