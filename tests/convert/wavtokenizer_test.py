@@ -623,18 +623,15 @@ def test_init_from_loads_the_converted_generator(release):
 
 
 @pytest.mark.slow
-def test_training_resumes_the_converted_workdir_with_its_gan(release,
-                                                             tmp_path):
-  """One GAN step from the converted state (generator, EMA codebook and
-  both discriminators), then the evaluation."""
-  import shutil  # pylint: disable=g-import-not-at-top
-  workdir = str(tmp_path / 'run')
-  shutil.copytree(release['workdir'], workdir)
-  config = train_lib.load_config(workdir)
+def test_fine_tuning_from_the_converted_workdir(release, tmp_path):
+  """One GAN step of a new run initialised from the converted generator
+  (`init_from`), then the evaluation."""
+  config = train_lib.load_config(release['workdir'])
+  config.init_from = release['workdir']
   config.data.data_dir = str(tmp_path / 'tfds')
   config.total_steps = 1
   config.eval_every = 1
   config.num_eval_batches = 1
-  final = train_lib.train_and_evaluate(config, workdir)
+  final = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   assert final['step'] == 1
   assert np.isfinite(final['eval/mel_distance'])
