@@ -407,6 +407,18 @@ def test_missing_and_unknown_tensors_are_named(tmp_path):
   assert 'decoder/ResBlock_3/GroupNorm_1/bias' in str(err.value)
   assert 'encoder/Extra_0/kernel' in str(err.value)
   assert not os.path.exists(tmp_path / 'w')  # Nothing written.
+  # A training-state checkpoint: the extra entries are named, with the
+  # --ignore that drops them.
+  state = {'params': jax.tree.map(np.asarray, params), 'step': np.int32(3),
+           'opt_state': {'mu': {'w': np.zeros(2, np.float32)}}}
+  path = str(tmp_path / 'train_state_checkpoint')
+  with open(path, 'wb') as f:
+    f.write(serialization.msgpack_serialize(state))
+  with pytest.raises(convert_lib.ConversionError) as err:
+    convert_lib.convert('maskgit', path, str(tmp_path / 'w'),
+                        image_size=SIZE)
+  assert 'opt_state/mu/w' in str(err.value)
+  assert '--ignore=opt_state --ignore=step' in str(err.value)
   # Not a msgpack file at all.
   junk = str(tmp_path / 'junk_checkpoint')
   with open(junk, 'wb') as f:

@@ -423,7 +423,17 @@ def convert(checkpoint: str, workdir: str, *,
   params = _abstract_generator_params(config)
   gen = _map_tree(params, lambda p, leaf: sd.take(release_name(p, config),
                                                   leaf.shape))
-  sd.check_complete()
+  try:
+    sd.check_complete()
+  except ConversionError as e:
+    outside = sorted({n.split('/')[0] for n in sd.unused()}
+                     - {'encoder', 'decoder', 'quantizer'})
+    if not outside:
+      raise
+    raise ConversionError(
+        f'{e}\n(entries outside the VQVAE params: {outside}; if they are '
+        'training state such as optimizer moments, drop them with '
+        + ' '.join(f'--ignore={p}' for p in outside) + ')') from None
 
   def fill(state):
     state['gen']['params'] = gen
