@@ -826,6 +826,15 @@ def convert(checkpoint: str, workdir: str, *,
   if arch.mpd is None and arch.mrd is None:
     notes.append('no MPD/MRD in the checkpoint: the discriminator starts '
                  'random')
+  mrd_coeff = float(dict(arch.loss).get('mrd_loss_coeff', 1.0))
+  if mrd_coeff != 1.0:
+    notes.append(f'mrd_loss_coeff={mrd_coeff}: our loss weighs MPD and MRD '
+                 'alike (loss.disc_weight = loss.fm_weight = 1)')
+  if arch.adanorm_embeddings:
+    notes.append(f'AdaLayerNorm row {bandwidth_id} of '
+                 f'{arch.adanorm_embeddings} is used (the release trains a '
+                 'random row per step and evaluates row 0); all rows are '
+                 'kept and exported')
   common.apply_overrides(config, overrides)
 
   (gp, gr), (dp, dr) = _abstract_models(config)
