@@ -635,3 +635,25 @@ def test_fine_tuning_from_the_converted_workdir(release, tmp_path):
   final = train_lib.train_and_evaluate(config, str(tmp_path / 'run'))
   assert final['step'] == 1
   assert np.isfinite(final['eval/mel_distance'])
+
+
+def test_parametrizations_weight_norm_names(release):
+  """Newer torch writes weight norm as parametrizations.weight.original0/1;
+  the same kernels come out."""
+  sd = _state_dict(release['model'])
+  renamed = {}
+  for name, value in sd.items():
+    name = name.replace('.weight_g', '.parametrizations.weight.original0')
+    renamed[name.replace('.weight_v', '.parametrizations.weight.original1')] = (
+        value)
+  old = wt.infer_arch(common.StateDict(sd, 'old'))
+  new_sd = common.StateDict(renamed, 'new')
+  new = wt.infer_arch(new_sd)
+  assert new.wn_style == 'parametrizations'
+  assert new.structure() == old.structure()
+  old_sd = common.StateDict(sd, 'old')
+  for a, b in zip(wt.generator_table(old), wt.generator_table(new)):
+    if a.kind == 'conv_wn':
+      shape = wt.to_ours('conv', [sd[a.names[1]]]).shape
+      np.testing.assert_array_equal(wt.take(old_sd, a, shape),
+                                    wt.take(new_sd, b, shape))

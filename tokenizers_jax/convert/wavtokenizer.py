@@ -2,38 +2,44 @@ r"""WavTokenizer checkpoints <-> our audio-codec workdirs.
 
   python -m tokenizers_jax.convert --from=wavtokenizer \
       --checkpoint=wavtokenizer_small_600_24k_4096.ckpt \
-      --reference_config=wavtokenizer_smalldata_frame40_3s_nq1_code4096_dim512_kmeans200_attn.yaml \
+      --reference_config=wavtokenizer_smalldata_frame40_3s_nq1_code4096_\
+dim512_kmeans200_attn.yaml \
       --ignore=dac. --ignore=dacdiscriminator. --workdir=/tmp/wavtokenizer40
   python -m tokenizers_jax.convert --export=wavtokenizer \
       --workdir=/tmp/wavtokenizer40 --output=/tmp/wavtokenizer40.safetensors
 
-The release is a Lightning checkpoint of `decoder/experiment.py:
-WavTokenizer` (its `state_dict`, readable with weights_only=True, or a
-safetensors / npz of it). It maps onto `models/audio_codec.py: AudioCodec`
-with the front-end options that reproduce it (`wavtokenizer_frontend`):
+(the YAML name is one word, split here). The release is a Lightning
+checkpoint of `decoder/experiment.py: WavTokenizer` (its `state_dict`,
+readable with weights_only=True, or a safetensors / npz of it). It maps onto
+`models/audio_codec.py: AudioCodec` with the front-end options that
+reproduce it (`wavtokenizer_frontend`). With FE = feature_extractor.encodec.,
+E = frontend/encoder/, D = frontend/decoder/ (`generator_table` is the
+complete list):
 
-  WavTokenizer (prefix feature_extractor.encodec.)  ours (gen params / rest)
-  encoder.model.0.conv.conv                    frontend/encoder/conv_in
-  encoder.model.{b+j}.block.{1,3}.conv.conv    frontend/encoder/blocks/{i}/{j}/conv1, conv2
-  encoder.model.{b+j}.shortcut.conv.conv       frontend/encoder/blocks/{i}/{j}/shortcut
-  encoder.model.{b+r+1}.conv.conv              frontend/encoder/downs/{i}
+  FE encoder.model.0.conv.conv                 E conv_in
+  FE encoder.model.{b+j}.block.{1,3}.conv.conv E blocks/{i}/{j}/conv1, conv2
+  FE encoder.model.{b+j}.shortcut.conv.conv    E blocks/{i}/{j}/shortcut
+  FE encoder.model.{b+r+1}.conv.conv           E downs/{i}
       (b = 1 + i (r + 2), r residual layers per stage; the ELUs have no
       tensors)
-  encoder.model.{L}.lstm.{weight,bias}_{ih,hh}_l{n}
-                                               frontend/encoder/lstm/inp|rec/{n}, rec_bias/{n}
-  encoder.model.{L+2}.conv.conv                frontend/encoder/conv_out
-  quantizer.vq.layers.0._codebook.embed / embed_avg / cluster_size / inited
-                                               quantizer/codebook / embed_avg / cluster_size / initialized (rest)
-  backbone.embed                               frontend/decoder/embed
-  backbone.pos_net.{0,1,3,4} (norm1, conv1, norm2, conv2)
-                                               frontend/decoder/pos_net/{0,1,3,4}/*
-  backbone.pos_net.2 (norm, q, k, v, proj_out) frontend/decoder/pos_net/2 (norm, qkv, proj)
-  backbone.pos_net.5                           frontend/decoder/pos_final_norm
-  backbone.norm (.scale/.shift.weight or LN)   frontend/decoder/norm
-  backbone.convnext.{i}.{dwconv,norm,pwconv1,pwconv2,gamma}
-                                               frontend/decoder/blocks/{i}/{dwconv,norm,fc1,fc2,gamma}
-  backbone.final_layer_norm                    frontend/decoder/final_norm
-  head.out                                     frontend/decoder/head/out
+  FE encoder.model.{L}.lstm.weight_ih_l{n}, bias_ih_l{n}
+                                               E lstm/inp/{n}/kernel, bias
+  FE encoder.model.{L}.lstm.weight_hh_l{n}, bias_hh_l{n}
+                                  E lstm/rec/{n}/kernel, rec_bias/{n}
+  FE encoder.model.{L+2}.conv.conv             E conv_out
+  FE quantizer.vq.layers.0._codebook.{embed, embed_avg, cluster_size, inited}
+                   quantizer/{codebook, embed_avg, cluster_size, initialized}
+                   (generator state, not parameters)
+  backbone.embed                               D embed
+  backbone.pos_net.{0,1,3,4}.{norm1,conv1,norm2,conv2}
+                                               D pos_net/{0,1,3,4}/*
+  backbone.pos_net.2.{norm, q, k, v, proj_out} D pos_net/2/{norm, qkv, proj}
+  backbone.pos_net.5                           D pos_final_norm
+  backbone.norm (.scale/.shift.weight or LN)   D norm
+  backbone.convnext.{i}.{dwconv, norm, pwconv1, pwconv2, gamma}
+                           D blocks/{i}/{dwconv, norm, fc1, fc2, gamma}
+  backbone.final_layer_norm                    D final_norm
+  head.out                                     D head/out
 
 Layouts: Conv1d [O, I, k] -> [k, I, O]; Linear and 1x1 convs [O, I] ->
 [I, O]; the attention's q, k, v 1x1 convs are fused into one [E, 3E]
@@ -693,8 +699,9 @@ def build_config(arch: WavTokArch, base_config: str | None = None,
   c = common.load_base_config(
       base_config or common.default_base_config('audio_codec.py:paper'))
   if c.get('model_name') != 'audio_codec':
-    raise common.ConversionError('the base config must be an audio_codec '
-                                 f'config; got model_name={c.get("model_name")}')
+    raise common.ConversionError(
+        'the base config must be an audio_codec config; got '
+        f'model_name={c.get("model_name")}')
   c.data.sample_rate = arch.sample_rate
   c.model.frontend = ml_collections.ConfigDict(
       wavtokenizer_frontend(arch, bandwidth_id), type_safe=False)
