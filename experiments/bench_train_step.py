@@ -16,8 +16,21 @@ step's most expensive phase). Prints, per config:
 The paper config (`imagenet_f16`) uses LPIPS; no weights ship, so the bench
 uses randomly initialised LPIPS weights (the FLOPs and time are the same).
 
+With `--vs_taming`, the same step is timed against taming-transformers'
+own modules (the `taming-transformers` 0.0.1 wheel of the test extra, pure
+torch) in the same process, at an identical architecture and batch: L1
+reconstruction + codebook loss + the adaptive-weight hinge GAN (generator
+and discriminator updates, Adam), no perceptual loss, no EMA, no gradient
+clipping, a plain (non-cosine, no k-means, no restarts) codebook. The two
+steps run in alternating blocks and the ratio taming ms / ours ms is printed
+(> 1: ours is faster). Cases (`--cases`):
+  small   32², ch 64, ch_mult (1, 2, 2), 1 res block, attention at 8², 256
+          codes of 32 dims, discriminator ndf 64 / 3 layers, batch 16
+  f16     the paper's f16 model (configs/vqgan.py:imagenet_f16), 256², batch 2
+
 Usage:
   python experiments/bench_train_step.py                     # tiny (batch 16), imagenet_f16 (batch 1)
+  python experiments/bench_train_step.py --vs_taming --cases small,f16
   python experiments/bench_train_step.py --configs tiny --batch 32 --steps 20
   python experiments/bench_train_step.py --configs tiny --bf16
 """
@@ -116,6 +129,181 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
   }
 
 
+# -----------------------------------------------------------------------------
+# Against taming-transformers at an identical architecture.
+# -----------------------------------------------------------------------------
+
+VS_TAMING = {
+    # name: (config variant, frontend overrides, batch, codebook, disc)
+    'small': ('tiny', dict(ch=64, ch_mult=(1, 2, 2), num_res_blocks=1,
+                           attn_resolutions=(8,), z_channels=32,
+                           num_groups=32), 16, (256, 32), (64, 3)),
+    'f16': ('imagenet_f16', {}, 2, (1024, 256), (64, 3)),
+}
+
+
+def matched_config(case: str):
+  """Our config for a `VS_TAMING` case: the computation taming does."""
+  from tokenizers_jax import config_lib  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  variant, frontend, batch, (k, dim), (ndf, n_layers) = VS_TAMING[case]
+  config_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
+                             'configs', 'vqgan.py')
+  c = config_lib.load_config_file(f'{config_path}:{variant}')
+  with c.unlocked():
+    c.data.global_batch_size = batch
+    if frontend:
+      c.model.frontend = ml_collections.ConfigDict(frontend)
+      c.model.embed_dim = dim
+    c.quantizer = ml_collections.ConfigDict(
+        dict(name='vq', codebook_size=k, commitment_weight=0.25),
+        type_safe=False)
+    c.loss.recon = 'l1'
+    c.loss.perceptual_weight = 0.0
+    c.loss.disc_start = 0
+    c.loss.disc_weight = 0.8
+    c.loss.adaptive_weight = True
+    c.disc.ndf, c.disc.n_layers, c.disc.norm = ndf, n_layers, 'batch'
+    for o in (c.optim, c.disc_optim):
+      o.grad_clip = 0.0
+      o.warmup_steps = 0
+      o.schedule = 'constant'
+      o.lr, o.b1, o.b2 = 1e-4, 0.5, 0.9
+    c.ema_decay = 0.0
+    c.mixed_precision = False
+  return c
+
+
+def taming_step(config, images: np.ndarray):
+  """A closure running one taming-transformers train step (generator then
+  discriminator update) on `images` [B, H, W, 3], and its parameter count."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from taming.modules.diffusionmodules import model as tm  # pylint: disable=g-import-not-at-top
+  from taming.modules.discriminator import model as td  # pylint: disable=g-import-not-at-top
+  from taming.modules.vqvae import quantize as tq  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.convert import taming as convert_taming  # pylint: disable=g-import-not-at-top
+  params = convert_taming.taming_config(config)['model']['params']
+  dd = params['ddconfig']
+  torch.manual_seed(0)
+  enc, dec = tm.Encoder(**dd), tm.Decoder(**dd)
+  quant = tq.VectorQuantizer(params['n_embed'], params['embed_dim'], 0.25)
+  quant_conv = torch.nn.Conv2d(dd['z_channels'], params['embed_dim'], 1)
+  post_conv = torch.nn.Conv2d(params['embed_dim'], dd['z_channels'], 1)
+  disc = td.NLayerDiscriminator(3, config.disc.ndf, config.disc.n_layers)
+  disc.apply(td.weights_init)
+  gen = torch.nn.ModuleList([enc, dec, quant, quant_conv, post_conv])
+  opt_g = torch.optim.Adam(gen.parameters(), lr=1e-4, betas=(0.5, 0.9))
+  opt_d = torch.optim.Adam(disc.parameters(), lr=1e-4, betas=(0.5, 0.9))
+  x = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+  last = dec.conv_out.weight
+  disc_weight = float(config.loss.disc_weight)
+
+  def step():
+    # Generator: taming's VQModel forward and VQLPIPSWithDiscriminator's
+    # generator loss (perceptual weight 0) with the adaptive weight
+    # ||grad nll|| / ||grad g_loss|| at the last decoder layer.
+    z_q, q_loss, _ = quant(quant_conv(enc(x)))
+    x_rec = dec(post_conv(z_q))
+    nll = torch.mean(torch.abs(x - x_rec))
+    g_loss = -torch.mean(disc(x_rec))
+    g_nll = torch.autograd.grad(nll, last, retain_graph=True)[0]
+    g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    d_w = torch.clamp(torch.norm(g_nll) / (torch.norm(g_adv) + 1e-4), 0, 1e4)
+    loss = nll + d_w.detach() * disc_weight * g_loss + q_loss.mean()
+    opt_g.zero_grad(set_to_none=True)
+    loss.backward()
+    opt_g.step()
+    # Discriminator: hinge loss on real and (detached) reconstructions.
+    logits_real, logits_fake = disc(x), disc(x_rec.detach())
+    d_loss = 0.5 * (torch.mean(torch.relu(1. - logits_real))
+                    + torch.mean(torch.relu(1. + logits_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    d_loss.backward()
+    opt_d.step()
+    return float(loss.detach())
+
+  return step, sum(p.numel() for p in gen.parameters())
+
+
+def vs_taming(case: str, blocks: int, steps_per_block: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = matched_config(case)
+  batch, size = config.data.global_batch_size, config.data.image_size
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (batch, size, size, 3)).astype(np.float32)
+  mesh = train_lib.make_mesh(config)
+  with jax.set_mesh(mesh):
+    trainer, state, state_sh = steps_lib.create(config, mesh)
+    data_sh = train_lib.batch_sharding(mesh)
+    batch_arr = {'image': jax.device_put(images, data_sh)}
+    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
+                 in_shardings=(state_sh, data_sh),
+                 out_shardings=(state_sh, None), donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = fn.lower(state, batch_arr).compile()
+    compile_s = time.perf_counter() - t0
+    ours_params = sum(int(np.prod(x.shape)) for x in
+                      jax.tree.leaves(state['gen']['params']))
+    peer, peer_params = taming_step(config, images)
+    holder = {'state': state}
+
+    def ours():
+      holder['state'], metrics = compiled(holder['state'], batch_arr)
+      jax.block_until_ready(metrics)
+
+    ours()
+    peer()  # Warm-up of both.
+    times = {'ours': [], 'taming': []}
+    for _ in range(blocks):
+      for name, fn_ in (('ours', ours), ('taming', peer)):
+        for _ in range(steps_per_block):
+          t = time.perf_counter()
+          fn_()
+          times[name].append(time.perf_counter() - t)
+  ours_s = float(np.median(times['ours']))
+  peer_s = float(np.median(times['taming']))
+  return dict(case=case, image_size=size, batch=batch, ours_s=ours_s,
+              taming_s=peer_s, ratio=peer_s / ours_s, compile_s=compile_s,
+              ours_params_m=ours_params / 1e6,
+              taming_params_m=peer_params / 1e6,
+              torch_threads=torch.get_num_threads())
+
+
+def main_vs_taming(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from bench_quantizers import cpu_model  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  print(f'# {cpu_model() if dev.platform == "cpu" else dev.device_kind}, '
+        f'jax {jax.__version__} ({jax.device_count()} {dev.platform} '
+        f'device(s)), torch {torch.__version__} '
+        f'({torch.get_num_threads()} threads); XLA_FLAGS='
+        f'{os.environ.get("XLA_FLAGS", "")!r}; medians over {args.blocks} '
+        f'alternating blocks of {args.steps} steps')
+  rows = []
+  for case in args.cases.split(','):
+    if case not in VS_TAMING:
+      raise SystemExit(f'unknown case {case!r}; known: {sorted(VS_TAMING)}')
+    r = vs_taming(case, args.blocks, args.steps)
+    rows.append(r)
+    print(f"#   {case}: ours {r['ours_s'] * 1e3:.0f} ms, taming "
+          f"{r['taming_s'] * 1e3:.0f} ms, ratio {r['ratio']:.2f}; G params "
+          f"{r['ours_params_m']:.2f} M / {r['taming_params_m']:.2f} M",
+          flush=True)
+  print()
+  print('| case | image | batch | G params (M) | ours ms/step | taming ms/step '
+        '| taming / ours | compile s |')
+  print('|' + '---|' * 8)
+  for r in rows:
+    print(f"| {r['case']} | {r['image_size']}² | {r['batch']} "
+          f"| {r['ours_params_m']:.2f} | {r['ours_s'] * 1e3:.0f} "
+          f"| {r['taming_s'] * 1e3:.0f} | {r['ratio']:.2f} "
+          f"| {r['compile_s']:.0f} |")
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--configs', default='tiny,imagenet_f16')
@@ -123,7 +311,15 @@ def main(argv=None):
                       help='global batch (0: 16 for tiny, 1 for imagenet_f16)')
   parser.add_argument('--steps', type=int, default=10)
   parser.add_argument('--bf16', action='store_true')
+  parser.add_argument('--vs_taming', action='store_true',
+                      help='time against taming-transformers (see above)')
+  parser.add_argument('--cases', default='small,f16',
+                      help='--vs_taming cases: small, f16')
+  parser.add_argument('--blocks', type=int, default=3,
+                      help='--vs_taming: alternating blocks')
   args = parser.parse_args(argv)
+  if args.vs_taming:
+    return main_vs_taming(args)
 
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

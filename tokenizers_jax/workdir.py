@@ -92,3 +92,16 @@ def read_generator(workdir: str, step: int | None = None,
   state, step = _restore(workdir, step, select)
   params = state['ema'] if used[0] else state['gen']['params']
   return params, state['gen'].get('rest') or {}, step, used[0]
+
+
+def read_discriminator(workdir: str, step: int | None = None):
+  """(params, rest, step) of the discriminator(s) in a workdir's checkpoint
+  (default the latest), or None when the run had none."""
+  def select(meta, where):
+    del where
+    return {'disc': meta['disc']} if meta.get('disc') else {}
+
+  state, step = _restore(workdir, step, select)
+  if not state.get('disc'):
+    return None
+  return state['disc']['params'], state['disc'].get('rest') or {}, step

@@ -404,3 +404,33 @@ def test_init_from_starts_a_run_from_the_converted_weights():
   assert got.keys() == want.keys()
   for path in want:
     np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+  # The release's PatchGAN comes along (GAN fine-tuning), BatchNorm
+  # statistics included.
+  for part in ('params', 'rest'):
+    got = {key(p): v for p, v in
+           common.flatten(jax.device_get(state['disc'][part])).items()}
+    want = {key(p): v for p, v in common.flatten(saved['disc'][part]).items()}
+    assert got.keys() == want.keys() and want
+    for path in want:
+      np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
+
+
+def test_train_continues_in_the_converted_workdir(tmp_path):
+  """`train` on the converted workdir itself resumes its step-0 checkpoint
+  (which has no data-iterator item) with the release's weights."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(_converted()[3], workdir)
+  config = train_lib.load_config(workdir)
+  with config.unlocked():
+    config.total_steps = 1
+    config.eval_every = config.checkpoint_every = 1
+    config.num_eval_batches = 1
+  saved, _ = common.read_workdir_state(workdir)
+  train_lib.train_and_evaluate(config, workdir)
+  state, step = common.read_workdir_state(workdir)
+  assert step == 1
+  # One step from the release's weights (the encoder moved, a little).
+  a = saved['gen']['params']['frontend']['encoder']['conv_in']['kernel']
+  b = state['gen']['params']['frontend']['encoder']['conv_in']['kernel']
+  assert np.all(np.isfinite(b)) and 0 < np.max(np.abs(a - b)) < 0.1

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from tokenizers_jax.frontends.image import group_count
+from tokenizers_jax.nn import conv as conv_lib
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -78,6 +79,10 @@ class NLayerDiscriminator(nnx.Module):
           padding=((1, 1), (1, 1)), use_bias=use_bias,
           kernel_init=kernel_init, dtype=dtype, param_dtype=param_dtype,
           rngs=rngs,
+          # XLA:CPU's input gradient of a 4x4 conv on a <= 4x4 map is
+          # pathologically slow; nn/conv.py computes that one case as a
+          # matmul (the other layers are unchanged).
+          conv_general_dilated=conv_lib.conv_general_dilated,
           kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
           bias_metadata=logical('embed'))
 

@@ -3,6 +3,8 @@
   partitioning  `logical(*names)`: logical-axis metadata for variables.
   attention     one multi-head attention (`Attention`) and its functional core
                 (`dot_product_attention`, through jax.nn.dot_product_attention).
+  conv          `conv_general_dilated` for `nnx.Conv` with a fast input
+                gradient where XLA:CPU's is pathological (map <= kernel).
   signal        STFT/iSTFT, magnitude, mel filterbanks, log-mel, frame masks
                 (pure functions; `losses.spectral` re-exports them).
   weights       `Frozen` (non-parameter weights) and `load_state_dict` (local
@@ -10,6 +12,7 @@
 """
 
 from tokenizers_jax.nn import attention
+from tokenizers_jax.nn import conv
 from tokenizers_jax.nn import partitioning
 from tokenizers_jax.nn import signal
 from tokenizers_jax.nn import weights
@@ -19,5 +22,5 @@ from tokenizers_jax.nn.partitioning import logical
 from tokenizers_jax.nn.weights import Frozen
 from tokenizers_jax.nn.weights import load_state_dict
 
-__all__ = ['Attention', 'Frozen', 'attention', 'dot_product_attention',
+__all__ = ['Attention', 'Frozen', 'attention', 'conv', 'dot_product_attention',
            'load_state_dict', 'logical', 'partitioning', 'signal', 'weights']

@@ -196,13 +196,43 @@ def init_from_workdir(workdir: str, params: dict, rest: dict,
   return params, rest
 
 
+def init_disc_from_workdir(workdir: str, params: dict, rest: dict):
+  """The discriminator's `params`/`rest` from `workdir`'s checkpoint when it
+  has one of the same structure and shapes (a converted release's GAN, or a
+  run being fine-tuned); otherwise unchanged, with the reason logged."""
+  found = workdir_lib.read_discriminator(workdir)
+  if found is None:
+    logging.info('init_from %s: no discriminator in the checkpoint; the '
+                 'discriminator starts from its initialisation', workdir)
+    return params, rest
+  src_params, src_rest, step = found
+  shapes = lambda t: {path_str(p): tuple(np.shape(v)) for p, v in
+                      jax.tree_util.tree_leaves_with_path(t)}
+  want, have = shapes({'p': params, 'r': rest}), shapes(
+      {'p': src_params, 'r': src_rest})
+  if want != have:
+    differ = sorted(set(want.items()) ^ set(have.items()))[:8]
+    logging.warning('init_from %s step %d: its discriminator does not match '
+                    'this one (e.g. %s); the discriminator starts from its '
+                    'initialisation', workdir, step, differ)
+    return params, rest
+  flat = {path_str(p): v for p, v in jax.tree_util.tree_leaves_with_path(
+      {'p': src_params, 'r': src_rest})}
+  loaded = jax.tree_util.tree_map_with_path(
+      lambda p, o: np.asarray(flat[path_str(p)]).astype(np.asarray(o).dtype),
+      {'p': params, 'r': rest})
+  logging.info('init_from %s step %d: discriminator loaded', workdir, step)
+  return loaded['p'], loaded['r']
+
+
 def build_state(config, mesh, gen: nnx.Module, disc: nnx.Module | None = None,
                 *, disc_apply: Callable[..., tuple] = default_disc_apply,
                 extras: dict[str, Any] | None = None):
   """(trainer, the initial state on the mesh, its shardings) for a
   generator and an optional discriminator (see the module docstring).
 
-  Applies `config.init_from` (a workdir's generator weights), shards every
+  Applies `config.init_from` (a workdir's generator weights, and its
+  discriminator when it matches), shards every
   variable by its logical axis names and `config.sharding_rules`, creates
   the optimizer states under jit (sharded like their parameters).
   """
@@ -237,6 +267,8 @@ def build_state(config, mesh, gen: nnx.Module, disc: nnx.Module | None = None,
   disc_graph = disc_tx = None
   if disc is not None:
     disc_graph, dp, dr = split(disc)
+    if opt(config, 'init_from'):
+      dp, dr = init_disc_from_workdir(config.init_from, dp, dr)
     host['disc'] = {'params': dp, 'rest': dr}
     shardings['disc'] = shardings_of(disc)
     disc_tx = make_optimizer(config.disc_optim, config.total_steps)

@@ -274,7 +274,12 @@ def restore_latest_good(mgr: ocp.CheckpointManager, state_like: Any,
   result = (None, None)
   for step in steps:
     step_dir = os.path.join(ckdir, str(step))
-    problem = inspect_step(step_dir, items)
+    # A step-0 checkpoint without the iterator (a converted release,
+    # tokenizers_jax.convert) starts the data at its beginning, which is
+    # exactly where a step-0 iterator stands.
+    fresh_data = (step == 0 and data_iter is not None
+                  and not os.path.isdir(os.path.join(step_dir, 'data')))
+    problem = inspect_step(step_dir, ('state',) if fresh_data else items)
     if problem is None:
       diff = state_differences(_state_metadata(step_dir), state_like)
       if diff:
@@ -290,7 +295,8 @@ def restore_latest_good(mgr: ocp.CheckpointManager, state_like: Any,
                      'start the changed config in a new --workdir.')
         raise IncompatibleCheckpointError('\n'.join(lines))
       try:
-        result = ckpt_lib.restore(mgr, state_like, data_iter, step=step)
+        result = ckpt_lib.restore(mgr, state_like,
+                                  None if fresh_data else data_iter, step=step)
         break
       except Exception as e:  # pylint: disable=broad-except
         problem = f'{step_dir}: restoring failed ({_first_line(e)})'
