@@ -4,16 +4,18 @@ The reference package (bytedance/1d-tokenizer) is not installable here, so
 `RefTiTok` below is written from the reference's description
 (`modeling/titok.py`, `modeling/modules/blocks.py: TiTokEncoder,
 TiTokDecoder, ResidualAttentionBlock`, `modeling/quantizer/quantizer.py:
-VectorQuantizer`) with the release's exact parameter names: tiny, randomly
-initialised, its `state_dict()` saved as the checkpoint. Images are in
-[0, 1] there, NCHW; ours in [-1, 1], NHWC.
+VectorQuantizer`, `modeling/modules/maskgit_vqgan.py: Decoder, ResnetBlock,
+UpsamplingBlock, VectorQuantizer`) with the release's exact parameter names:
+tiny, randomly initialised, its `state_dict()` saved as the checkpoint.
+Images are in [0, 1] there, NCHW; ours in [-1, 1], NHWC.
 
-Two families: the legacy two-stage release (proxy-code logits, a pixel
-decoder we do not host) and the single-stage pixel release (BL-style: the
-decoder wider than the encoder).
+Two families: the legacy two-stage release (proxy-code logits whose softmax
+mixes `pixel_quantize`'s codes for the fine-tuned MaskGIT-VQGAN
+`pixel_decoder`) and the single-stage pixel release (BL-style: the decoder
+wider than the encoder).
 
 Dimension legend: B batch, K latent tokens, D / Dd encoder / decoder width,
-E token_size, N patches, V proxy codes.
+E token_size, N patches, V proxy codes, Z the pixel decoder's code width.
 """
 
 import atexit
@@ -38,6 +40,9 @@ from tokenizers_jax.convert import titok as titok_convert
 from tokenizers_jax.models.tokenizer import Tokenizer
 
 IMAGE, PATCH, K, E, CODES, V = 16, 4, 8, 4, 32, 24
+# The pixel decoder: hidden_channels, channel_mult (x4 up-sampling = PATCH),
+# num_res_blocks, z_channels (torch's GroupNorm(32) needs widths % 32 == 0).
+PIX_CH, PIX_MULT, PIX_BLOCKS, Z = 32, (1, 1, 2), 2, 8
 OVERRIDES = ('data.source=fake:16', 'data.eval_batch_size=8',
              'data.global_batch_size=8', 'num_grid_images=2')
 
@@ -165,8 +170,77 @@ class Quantizer(nn.Module):
     return zq, ids.reshape(b, 1, K)
 
 
+class PixResBlock(nn.Module):
+  """maskgit_vqgan.ResnetBlock: GroupNorm-SiLU-conv3x3 twice (no biases);
+  with a width change the 1x1 `nin_shortcut` acts on the block's output."""
+
+  def __init__(self, din, dout):
+    super().__init__()
+    self.change = din != dout
+    self.norm1 = nn.GroupNorm(32, din, eps=1e-6)
+    self.conv1 = nn.Conv2d(din, dout, 3, padding=1, bias=False)
+    self.norm2 = nn.GroupNorm(32, dout, eps=1e-6)
+    self.conv2 = nn.Conv2d(dout, dout, 3, padding=1, bias=False)
+    if self.change:
+      self.nin_shortcut = nn.Conv2d(dout, dout, 1, bias=False)
+
+  def forward(self, x):
+    h = self.conv1(F.silu(self.norm1(x)))
+    h = self.conv2(F.silu(self.norm2(h)))
+    return h + (self.nin_shortcut(h) if self.change else x)
+
+
+class PixUp(nn.Module):
+  """maskgit_vqgan.UpsamplingBlock `block_idx`: ResnetBlocks, then (above
+  level 0) nearest 2x and `upsample_conv`."""
+
+  def __init__(self, level):
+    super().__init__()
+    mult = PIX_MULT[min(level + 1, len(PIX_MULT) - 1)]
+    din, dout = PIX_CH * mult, PIX_CH * PIX_MULT[level]
+    self.block = nn.ModuleList(
+        [PixResBlock(din if j == 0 else dout, dout)
+         for j in range(PIX_BLOCKS)])
+    self.level = level
+    if level:
+      self.upsample_conv = nn.Conv2d(dout, dout, 3, padding=1)
+
+  def forward(self, x):
+    for block in self.block:
+      x = block(x)
+    if self.level:
+      x = self.upsample_conv(F.interpolate(x, scale_factor=2.0,
+                                           mode='nearest'))
+    return x
+
+
+class PixDecoder(nn.Module):
+  """maskgit_vqgan.Decoder: conv_in, mid, up (highest level first),
+  GroupNorm-SiLU-conv_out; [B, Z, h, w] -> images in [0, 1] scale."""
+
+  def __init__(self):
+    super().__init__()
+    top = PIX_CH * PIX_MULT[-1]
+    self.conv_in = nn.Conv2d(Z, top, 3, padding=1)
+    self.mid = nn.ModuleList([PixResBlock(top, top)
+                              for _ in range(PIX_BLOCKS)])
+    self.up = nn.ModuleList([PixUp(i) for i in range(len(PIX_MULT))])
+    self.norm_out = nn.GroupNorm(32, PIX_CH * PIX_MULT[0], eps=1e-6)
+    self.conv_out = nn.Conv2d(PIX_CH * PIX_MULT[0], 3, 3, padding=1)
+
+  def forward(self, z):
+    h = self.conv_in(z)
+    for block in self.mid:
+      h = block(h)
+    for block in reversed(self.up):
+      h = block(h)
+    return self.conv_out(F.silu(self.norm_out(h)))
+
+
 class RefTiTok(nn.Module):
-  """TiTok's modules and state-dict names (no pixel decoder forward)."""
+  """TiTok's modules and state-dict names; the legacy model renders its
+  proxy logits with the MaskGIT-VQGAN pixel decoder as the release's
+  `decode` (finetune_decoder)."""
 
   def __init__(self, legacy, enc=(64, 2, 2), dec=(64, 1, 2)):
     super().__init__()
@@ -174,33 +248,45 @@ class RefTiTok(nn.Module):
     self.decoder = Decoder(*dec, legacy)
     self.latent_tokens = _param(K, enc[0])
     self.quantize = Quantizer(use_l2_norm=legacy)
-    if legacy:  # finetune_decoder: stand-ins for the MaskGIT-VQGAN decoder.
+    if legacy:  # finetune_decoder: the MaskGIT-VQGAN codes and decoder.
       self.pixel_quantize = nn.Module()
-      self.pixel_quantize.embedding = nn.Embedding(V, 8)
-      self.pixel_decoder = nn.Module()
-      self.pixel_decoder.conv_in = nn.Conv2d(8, 4, 3)
+      self.pixel_quantize.embedding = nn.Embedding(V, Z)
+      self.pixel_decoder = PixDecoder()
+
+  def pixels(self, logits):
+    """The release's decode after the TiTok decoder: logits [B, V, h, w] ->
+    softmax over V mixing pixel_quantize's codes -> pixel_decoder -> NHWC
+    in [-1, 1]."""
+    z = torch.einsum('nchw,cd->ndhw', logits.softmax(1),
+                     self.pixel_quantize.embedding.weight)
+    return (self.pixel_decoder(z).permute(0, 2, 3, 1) * 2 - 1).numpy()
 
   @torch.no_grad()
   def run(self, x):
-    """x NHWC numpy in [-1, 1] -> (ids [B, K], output, z [B, K, E]); output
-    is the logits [B, N, V] (legacy) or pixels NHWC in [-1, 1]."""
+    """x NHWC numpy in [-1, 1] -> (ids [B, K], output, z [B, K, E],
+    pixels NHWC in [-1, 1]); output is the logits [B, N, V] (legacy) or the
+    pixels."""
     x01 = (torch.from_numpy(x).permute(0, 3, 1, 2) + 1) / 2
     z = self.encoder(x01, self.latent_tokens)
     zq, ids = self.quantize(z)
     out = self.decoder(zq)
     if self.decoder.legacy:
-      out = out.flatten(2).permute(0, 2, 1)
+      pixels = self.pixels(out)
+      out = out.flatten(2).permute(0, 2, 1).numpy()
     else:
-      out = out.permute(0, 2, 3, 1) * 2 - 1
-    return (ids[:, 0].numpy(), out.numpy(),
-            z[:, :, 0].permute(0, 2, 1).numpy())
+      out = pixels = (out.permute(0, 2, 3, 1) * 2 - 1).numpy()
+    return (ids[:, 0].numpy(), out, z[:, :, 0].permute(0, 2, 1).numpy(),
+            pixels)
 
   @torch.no_grad()
-  def decode_ids(self, ids):
-    """The release's decode_tokens (without the pixel decoder)."""
+  def decode_ids(self, ids, pixels=False):
+    """The release's decode_tokens: the logits [B, N, V] (legacy, unless
+    `pixels`) or the pixels NHWC in [-1, 1]."""
     zq = self.quantize.codebook()[torch.from_numpy(np.asarray(ids))]
     out = self.decoder(zq.permute(0, 2, 1)[:, :, None])
     if self.decoder.legacy:
+      if pixels:
+        return self.pixels(out)
       return out.flatten(2).permute(0, 2, 1).numpy()
     return (out.permute(0, 2, 3, 1) * 2 - 1).numpy()
 
@@ -210,10 +296,13 @@ def _reference(legacy, **kw) -> RefTiTok:
   model = RefTiTok(legacy, **kw).eval()
   with torch.no_grad():
     for m in model.modules():
-      if isinstance(m, nn.LayerNorm):  # Non-trivial affines.
+      if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):  # Non-trivial affines.
         nn.init.normal_(m.weight, 1.0, 0.2)
         nn.init.normal_(m.bias, 0.0, 0.2)
     model.quantize.embedding.weight.normal_(0.0, 1.0)
+    if legacy:  # Logits of O(3): a softmax far from one-hot or uniform.
+      model.decoder.ffn[2].weight.mul_(8.0)
+      model.pixel_quantize.embedding.weight.normal_(0.0, 1.0)
   return model
 
 
@@ -270,19 +359,26 @@ def test_every_tensor_is_used(legacy):
   pixel = sorted(k for k in tensors if k.startswith(('pixel_quantize.',
                                                      'pixel_decoder.')))
   assert bool(pixel) == legacy
-  assert report['dropped_on_purpose'] == pixel
-  assert report['tensors_converted'] + len(pixel) == len(tensors)
-  assert report['architecture']['legacy'] == legacy
-  if legacy:  # The pixel decoder's tensors are kept, unchanged.
-    saved = common.read_tensors(report['pixel_decoder_file'])
-    assert sorted(saved) == pixel
-    for k in pixel:
-      np.testing.assert_array_equal(saved[k], tensors[k])
-  else:
-    assert report['architecture']['dec_width'] == 96
+  assert report['dropped_on_purpose'] == []
+  assert report['tensors_converted'] == len(tensors)
+  arch = report['architecture']
+  assert arch['legacy'] == legacy and arch['pixel_decoder'] == legacy
   with open(os.path.join(workdir, 'config.json')) as f:
-    model_cfg = json.load(f)['model']
+    config = json.load(f)
+  model_cfg = config['model']
   assert model_cfg['proxy_codes'] == (V if legacy else 0)
+  if legacy:  # The MaskGIT-VQGAN decoder's shape, read off the tensors.
+    assert (arch['pixel_ch'], tuple(arch['pixel_ch_mult']),
+            arch['pixel_res_blocks'], arch['pixel_z']) == (
+                PIX_CH, PIX_MULT, PIX_BLOCKS, Z)
+    assert model_cfg['finetune_decoder']
+    assert 'encoder' in config['optim']['frozen']
+    # A shortcut and an up-sampling conv were mapped (not only plain blocks).
+    assert 'pixel_decoder.up.1.block.0.nin_shortcut.weight' in tensors
+    assert 'pixel_decoder.up.2.upsample_conv.bias' in tensors
+  else:
+    assert arch['dec_width'] == 96
+    assert model_cfg.get('pixel_decoder') is None
 
 
 @pytest.mark.parametrize('legacy', [True, False])
@@ -290,30 +386,35 @@ def test_ids_and_outputs_match_reference(legacy):
   ref = _converted(legacy)[0]
   tok = _tokenizer(legacy)
   x = _images()
-  ids_ref, out_ref, z_ref = ref.run(x)
+  ids_ref, out_ref, z_ref, pix_ref = ref.run(x)
   z = np.asarray(tok.model.encode_latents(jnp.asarray(x)))
   ids = np.asarray(tok.encode(x))
-  out = np.asarray(jax.jit(lambda m, i: m.decode_logits(i)
-                           if legacy else m.decode(i))(tok.model, ids))
+  both = jax.jit(lambda m, i: (m.decode_logits(i) if legacy else m.decode(i),
+                               m.decode(i)))
+  out, pix = map(np.asarray, both(tok.model, ids))
   print(f'legacy={legacy}: latent max abs err {np.abs(z - z_ref).max():.2e}, '
         f'ids equal {np.mean(ids == ids_ref):.4f}, output max abs err '
-        f'{np.abs(out - out_ref).max():.2e}')
+        f'{np.abs(out - out_ref).max():.2e}, pixels max abs err '
+        f'{np.abs(pix - pix_ref).max():.2e} (pixel range '
+        f'{pix_ref.min():.2f}..{pix_ref.max():.2f})')
   np.testing.assert_allclose(z, z_ref, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(ids, ids_ref)
   assert len(np.unique(ids)) > 4  # Not a degenerate single-code check.
   np.testing.assert_allclose(out, out_ref, atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(pix, pix_ref, atol=1e-4, rtol=1e-4)
+  assert pix_ref.std() > 0.05  # Images, not a constant.
+  if legacy:  # The softmax is neither one-hot nor uniform.
+    probs = jax.nn.softmax(out, -1)
+    assert 0.05 < float(probs.max(-1).mean()) < 0.9
   # Decoding a prefix of the ids (the release's latent positions [:L]).
   short = np.asarray(ids[:, :3])
-  out_short = jax.jit(lambda m, i: m.decode_logits(i) if legacy
-                      else m.decode(i))(tok.model, short)
+  out_short, pix_short = both(tok.model, short)
   np.testing.assert_allclose(out_short, ref.decode_ids(short), atol=1e-4,
                              rtol=1e-4)
-  if legacy:
-    with pytest.raises(ValueError, match='MaskGIT-VQGAN'):
-      tok.decode(ids)
-  else:
-    np.testing.assert_allclose(tok.decode(ids), np.clip(out_ref, -1, 1),
-                               atol=1e-4)
+  np.testing.assert_allclose(pix_short, ref.decode_ids(short, pixels=True),
+                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(tok.decode(ids), np.clip(pix_ref, -1, 1),
+                             atol=1e-4)
 
 
 def test_missing_and_unknown_tensors_are_named():
@@ -328,6 +429,20 @@ def test_missing_and_unknown_tensors_are_named():
     titok_convert.convert(path, os.path.join(tmp, 'w'))
   assert 'decoder.transformer.1.mlp.c_fc.bias' in str(err.value)
   assert 'encoder.extra_token' in str(err.value)
+  # The same for the legacy release's pixel decoder.
+  legacy = dict(_converted(True)[1])
+  del legacy['pixel_decoder.up.0.block.1.conv2.weight']
+  legacy['pixel_decoder.up.1.block.0.extra'] = np.zeros((3,), np.float32)
+  common.write_tensors(path, legacy)
+  with pytest.raises(common.ConversionError) as err:
+    titok_convert.convert(path, os.path.join(tmp, 'w'))
+  assert 'pixel_decoder.up.0.block.1.conv2.weight' in str(err.value)
+  assert 'pixel_decoder.up.1.block.0.extra' in str(err.value)
+  legacy = dict(_converted(True)[1])
+  legacy['pixel_quantize.embedding.weight'] = np.zeros((V + 1, Z), np.float32)
+  common.write_tensors(path, legacy)
+  with pytest.raises(common.ConversionError, match='pixel_quantize has'):
+    titok_convert.convert(path, os.path.join(tmp, 'w'))
   wrong = dict(tensors)
   wrong['decoder.mask_token'] = np.zeros((1, 1, 5), np.float32)
   common.write_tensors(path, wrong)
@@ -375,17 +490,38 @@ def test_reference_config(monkeypatch):
     titok_convert.arch_from_config(cfg, arch)
 
 
-def test_model_call():
+@pytest.mark.parametrize('legacy', [True, False])
+def test_model_call(legacy):
   """The image-task forward of the converted models: pixels equal to the
-  reference (single-stage); a clear error where the pixel decoder is
-  missing (legacy)."""
+  reference's forward."""
   x = _images(seed=1, n=2)
-  ref = _converted(False)[0]
-  out = _tokenizer(False).model(jnp.asarray(x), train=False)
-  np.testing.assert_allclose(out.reconstruction, ref.run(x)[1], atol=1e-4,
-                             rtol=1e-4)
-  with pytest.raises(ValueError, match='decode_logits'):
-    _tokenizer(True).model(jnp.asarray(x), train=False)
+  ref = _converted(legacy)[0]
+  out = jax.jit(lambda m, v: m(v, train=False).reconstruction)(
+      _tokenizer(legacy).model, jnp.asarray(x))
+  want = ref.run(x)[3]
+  print(f'legacy={legacy}: forward pixels max abs err '
+        f'{np.abs(np.asarray(out) - want).max():.2e}')
+  np.testing.assert_allclose(out, want, atol=1e-4, rtol=1e-4)
+
+
+def test_legacy_without_pixel_decoder_gives_logits_only():
+  """A legacy (stage-1) state dict without pixel_quantize / pixel_decoder:
+  proxy_codes only; decode raises, naming the missing decoder."""
+  from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
+  tensors = {k: v for k, v in _converted(True)[1].items()
+             if not k.startswith(('pixel_quantize.', 'pixel_decoder.'))}
+  arch = titok_convert.infer_arch(common.StateDict(tensors, 'test'))
+  assert arch.legacy and not arch.pixel_decoder
+  config = titok_convert.build_config(arch, None, None)
+  common.apply_overrides(config, OVERRIDES + ('model.num_heads=2',
+                                              'model.decoder_num_heads=2'))
+  assert config.model.get('pixel_decoder') is None
+  assert not config.model.get('finetune_decoder')
+  model = registry.build_model(config)
+  ids = jnp.zeros((1, K), jnp.int32)
+  assert model.decode_logits(ids).shape == (1, (IMAGE // PATCH) ** 2, V)
+  with pytest.raises(ValueError, match='MaskGIT-VQGAN'):
+    model.decode(ids)
 
 
 @pytest.mark.slow

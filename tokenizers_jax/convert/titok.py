@@ -35,8 +35,15 @@ YAML or the Hugging Face `config.json`, both with `model.vq_model.*` and
                                                   head_hidden / head (proxy_codes)
   non-legacy: decoder.ffn.0 (1x1 conv -> P*P*3)   head
               decoder.conv_out (3x3, 3 -> 3)      out_conv
-  pixel_quantize.*, pixel_decoder.*               not hosted: written to
-                                                  workdir/pixel_decoder.safetensors
+  legacy, `finetune_decoder` (the MaskGIT-VQGAN pixel decoder):
+  pixel_quantize.embedding.weight [V, Z]          pixel_codebook
+  pixel_decoder.conv_in                           pixel_decoder/conv_in
+  pixel_decoder.mid.{j}                           pixel_decoder/mid/{j}
+  pixel_decoder.up.{i}.block.{j}                  pixel_decoder/up/{i}/blocks/{j}
+  pixel_decoder.up.{i}.upsample_conv              pixel_decoder/up/{i}/upsample
+  pixel_decoder.norm_out / conv_out               pixel_decoder/norm_out / conv_out
+  ...{block}.norm1, conv1, norm2, conv2,          .../norm1, conv1, norm2, conv2,
+     nin_shortcut                                    shortcut
 
 Folds (exact up to float rounding): the release's images are in [0, 1],
 ours in [-1, 1], so the patch embedding absorbs x01 = (x + 1) / 2 (kernel
@@ -47,12 +54,17 @@ positional embedding are one parameter here (their sum).
 Two release families:
   - legacy (`is_legacy: True`, the two-stage TiTok-L-32 / B-64 / S-128): the
     decoder predicts 1024-way logits of a MaskGIT-VQGAN's codes per patch,
-    which the (fine-tuned) MaskGIT-VQGAN decoder renders (`finetune_decoder`).
-    This project has no MaskGIT-VQGAN decoder, so the converted model has
-    `proxy_codes=1024`: `encode` gives the release's ids and
-    `decode_logits(ids)` its logits; `decode`, evaluation and training
-    raise. The pixel decoder's tensors are saved unchanged next to the
-    checkpoint for a later converter.
+    which the (fine-tuned) MaskGIT-VQGAN decoder renders (`finetune_decoder`):
+    softmax(logits) mixes the rows of `pixel_quantize.embedding.weight` into
+    a soft latent grid, which `pixel_decoder` (the release's
+    `modeling/modules/maskgit_vqgan.py: Decoder`; ours is
+    `frontends/maskgit_vqgan.py: MaskgitDecoder`, the same layers, its
+    [0, 1] output mapped to [-1, 1]) renders. The converted model has
+    `proxy_codes=1024` and `pixel_decoder` (its widths, levels and blocks read
+    off the shapes) and `finetune_decoder=True` with the encoder side in
+    `optim.frozen`, as the release's stage 2: `encode`, `decode_logits`,
+    `decode` and the forward match the release. A legacy checkpoint without
+    the pixel tensors converts to `proxy_codes` only (`decode` raises).
   - single-stage (`is_legacy: False`, the VQ8k BL-64 / BL-128 / SL-256
     releases): pixels out, converted completely.
 VAE releases (`quantize_mode: vae`) and TA-TiTok are not supported.
@@ -82,7 +94,10 @@ from tokenizers_jax.convert import common
 # The release's ViT sizes: width, layers, heads.
 SIZES = {'small': (512, 8, 8), 'base': (768, 12, 12), 'large': (1024, 24, 16)}
 PIXEL_PREFIXES = ('pixel_quantize.', 'pixel_decoder.')
-PIXEL_FILE = 'pixel_decoder.safetensors'
+# models/titok.py: TiTok.ENCODER_PARAMS plus the release options' encoder
+# weights: what stage 2 (`finetune_decoder`) freezes.
+FROZEN = ('patch_embed', 'patch_pos', 'latent_tokens', 'latent_pos',
+          'encoder', 'to_code', 'quantizer', 'class_token', 'ln_pre')
 LN_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 
@@ -106,6 +121,11 @@ class TiTokArch:
   use_l2_norm: bool = False
   commitment_cost: float = 0.25
   pixel_decoder: bool = False  # pixel_quantize / pixel_decoder present
+  # The MaskGIT-VQGAN pixel decoder (when present): MaskgitDecoder options.
+  pixel_ch: int = 0
+  pixel_ch_mult: tuple[int, ...] = ()
+  pixel_res_blocks: int = 0
+  pixel_z: int = 0
   from_config: bool = False
 
 
@@ -170,7 +190,15 @@ def infer_arch(sd: common.StateDict) -> TiTokArch:
   if legacy:
     hidden = sd.shape('decoder.ffn.0.weight')[0]
     proxy = sd.shape('decoder.ffn.2.weight')[0]
-  pixel = any(n.startswith(PIXEL_PREFIXES) for n in sd.names())
+  pixel = any(n.startswith(PIXEL_PREFIXES) and n not in sd.skipped
+              for n in sd.names())
+  pixel_kw = {}
+  if pixel:
+    if not legacy:
+      raise common.ConversionError(
+          f'{sd.what}: pixel_quantize / pixel_decoder tensors with a '
+          'single-stage (pixel) head: not a TiTok layout')
+    pixel_kw = infer_pixel_decoder(sd, proxy, grid, p)
   return TiTokArch(
       image_size=grid * p, patch_size=p, num_tokens=k, token_size=e,
       codebook_size=codes, enc_width=d,
@@ -179,7 +207,39 @@ def infer_arch(sd: common.StateDict) -> TiTokArch:
       dec_depth=_count(sd, 'decoder.transformer.{}.ln_1.weight'),
       dec_heads=max(dd // 64, 1), legacy=legacy, proxy_codes=proxy,
       legacy_hidden=hidden, use_l2_norm=legacy,
-      commitment_cost=0.25, pixel_decoder=pixel)
+      commitment_cost=0.25, pixel_decoder=pixel, **pixel_kw)
+
+
+PIX = 'pixel_decoder'
+
+
+def infer_pixel_decoder(sd: common.StateDict, proxy: int, grid: int,
+                        patch: int) -> dict[str, Any]:
+  """The MaskGIT-VQGAN decoder's shape (`TiTokArch.pixel_*`)."""
+  _need(sd, ('pixel_quantize.embedding.weight', f'{PIX}.conv_in.weight',
+             f'{PIX}.conv_out.weight', f'{PIX}.mid.0.conv1.weight',
+             f'{PIX}.up.0.block.0.conv1.weight'))
+  v, z = sd.shape('pixel_quantize.embedding.weight')
+  if v != proxy:
+    raise common.ConversionError(
+        f'{sd.what}: pixel_quantize has {v} codes but the decoder head '
+        f'predicts {proxy}')
+  levels = _count(sd, PIX + '.up.{}.block.0.conv1.weight')
+  blocks = _count(sd, PIX + '.mid.{}.conv1.weight')
+  widths = [sd.shape(f'{PIX}.up.{i}.block.0.conv1.weight')[0]
+            for i in range(levels)]
+  if sd.shape(f'{PIX}.conv_in.weight')[1] != z:
+    raise common.ConversionError(
+        f'{sd.what}: {PIX}.conv_in takes {sd.shape(PIX + ".conv_in.weight")[1]}'
+        f' channels but pixel_quantize codes are {z}-dimensional')
+  if 2 ** (levels - 1) != patch:
+    raise common.ConversionError(
+        f'{sd.what}: the pixel decoder has {levels} levels (x{2 ** (levels - 1)}'
+        f' up-sampling) but the proxy codes are on the {grid}x{grid} grid of '
+        f'{patch}x{patch} patches')
+  ch = int(np.gcd.reduce(widths))
+  return dict(pixel_ch=ch, pixel_ch_mult=tuple(w // ch for w in widths),
+              pixel_res_blocks=blocks, pixel_z=z)
 
 
 def _get(cfg: dict, *keys, default=None):
@@ -262,7 +322,18 @@ def model_options(arch: TiTokArch) -> dict[str, Any]:
       ln_eps=LN_EPS, gelu_approximate=False,
       legacy_latent_reshape=arch.legacy,
       head_hidden=arch.legacy_hidden, head_activation='tanh',
-      out_conv=not arch.legacy, proxy_codes=arch.proxy_codes)
+      out_conv=not arch.legacy, proxy_codes=arch.proxy_codes,
+      **({'pixel_decoder': pixel_decoder_options(arch),
+          'finetune_decoder': True} if arch.pixel_decoder else {}))
+
+
+def pixel_decoder_options(arch: TiTokArch) -> dict[str, Any]:
+  """config.model.pixel_decoder: MaskgitDecoder's options (GroupNorm with
+  32 groups and epsilon 1e-6, swish, images in [0, 1], as the release)."""
+  return dict(ch=arch.pixel_ch, ch_mult=list(arch.pixel_ch_mult),
+              num_res_blocks=arch.pixel_res_blocks, z_channels=arch.pixel_z,
+              in_channels=3, resolution=arch.image_size, num_groups=32,
+              activation='swish', pixel_range='unit')
 
 
 def build_config(arch: TiTokArch, base_config: str | None,
@@ -284,6 +355,8 @@ def build_config(arch: TiTokArch, base_config: str | None,
                      commitment_weight=arch.commitment_cost,
                      codebook_weight=1.0, kmeans_init=False,
                      threshold_ema_dead_code=0.0)
+  if arch.pixel_decoder:  # The release's stage 2: the encoder side frozen.
+    c.optim.frozen = FROZEN
   return c
 
 
@@ -344,6 +417,49 @@ def _with_class(sd, prefix, width, n):
   return cls[0] + pos[0], pos[1:]
 
 
+def _conv(sd, name, din, dout, k, bias=True):
+  w = sd.take(f'{name}.weight', (dout, din, k, k))
+  out = {'kernel': None if w is None else common.conv_from_torch(w)}
+  if bias:
+    out['bias'] = sd.take(f'{name}.bias', (dout,))
+  return out
+
+
+def _resblock(sd, name, din, dout):
+  out = {'norm1': _layer_norm(sd, f'{name}.norm1', din),
+         'conv1': _conv(sd, f'{name}.conv1', din, dout, 3, bias=False),
+         'norm2': _layer_norm(sd, f'{name}.norm2', dout),
+         'conv2': _conv(sd, f'{name}.conv2', dout, dout, 3, bias=False)}
+  if din != dout:
+    out['shortcut'] = _conv(sd, f'{name}.nin_shortcut', dout, dout, 1,
+                            bias=False)
+  return out
+
+
+def take_pixel_decoder(sd: common.StateDict, arch: TiTokArch) -> dict:
+  """MaskgitDecoder's parameters from the release's `pixel_decoder.*`."""
+  widths = [arch.pixel_ch * m for m in arch.pixel_ch_mult]
+  blocks = arch.pixel_res_blocks
+  width = widths[-1]
+  out = {'conv_in': _conv(sd, f'{PIX}.conv_in', arch.pixel_z, width, 3),
+         'mid': {j: _resblock(sd, f'{PIX}.mid.{j}', width, width)
+                 for j in range(blocks)}}
+  up = {}
+  for i in reversed(range(len(widths))):
+    level = {}
+    for j in range(blocks):
+      level[j] = _resblock(sd, f'{PIX}.up.{i}.block.{j}', width, widths[i])
+      width = widths[i]
+    up[i] = {'blocks': level}
+    if i > 0:
+      up[i]['upsample'] = _conv(sd, f'{PIX}.up.{i}.upsample_conv', width,
+                                width, 3)
+  out['up'] = up
+  out['norm_out'] = _layer_norm(sd, f'{PIX}.norm_out', width)
+  out['conv_out'] = _conv(sd, f'{PIX}.conv_out', width, 3, 3)
+  return out
+
+
 def take_params(sd: common.StateDict, arch: TiTokArch) -> dict:
   """Our TiTok's parameters (nested like its `nnx.to_pure_dict`) from the
   release's tensors, the pixel-range folds applied."""
@@ -389,6 +505,10 @@ def take_params(sd: common.StateDict, arch: TiTokArch) -> dict:
       # Output in [0, 1] -> ours in [-1, 1]: x = 2 x01 - 1.
       out['out_conv'] = {'kernel': common.conv_from_torch(w) * 2,
                          'bias': b * 2 - 1}
+  if arch.pixel_decoder:
+    out['pixel_codebook'] = sd.take('pixel_quantize.embedding.weight',
+                                    (arch.proxy_codes, arch.pixel_z))
+    out['pixel_decoder'] = take_pixel_decoder(sd, arch)
   return out
 
 
@@ -481,31 +601,25 @@ def convert(checkpoint: str, workdir: str, *,
                  'release has no loss weights; run --from=lpips and pass '
                  '--lpips_dir to fine-tune with LPIPS)')
   notes.append('the release has no discriminator: it starts random')
-  if arch.legacy:
+  if arch.legacy and arch.pixel_decoder:
     notes.append(
         f'legacy two-stage release: the decoder predicts {arch.proxy_codes}-way'
-        ' MaskGIT-VQGAN proxy codes (model.proxy_codes); encode and '
-        'decode_logits match the release, but decode/evaluate/train need the '
-        'MaskGIT-VQGAN pixel decoder, which this project cannot host')
+        ' MaskGIT-VQGAN proxy codes (model.proxy_codes) whose softmax mixes '
+        'pixel_quantize\'s codes for the fine-tuned MaskGIT-VQGAN pixel '
+        'decoder (model.pixel_decoder); model.finetune_decoder=True and '
+        'optim.frozen hold the encoder side fixed, as the release\'s stage 2')
+  elif arch.legacy:
+    notes.append(
+        f'legacy two-stage release without its pixel decoder (no '
+        f'pixel_quantize.* / pixel_decoder.*): the decoder predicts '
+        f'{arch.proxy_codes}-way MaskGIT-VQGAN proxy codes (model.proxy_codes);'
+        ' encode and decode_logits match the release, decode/evaluate/train '
+        'raise')
   common.apply_overrides(config, overrides)
 
   params = take_params(sd, arch)
-  pixel = {}
-  for name in sd.names():
-    if name.startswith(PIXEL_PREFIXES) and name not in sd.used:
-      pixel[name] = sd.tensors[name]
-      sd.skip(name)
   sd.check_complete()
   gen = _fill_tree(_abstract_params(config), params)
-
-  pixel_path = None
-  if pixel:
-    os.makedirs(os.path.abspath(workdir), exist_ok=True)
-    pixel_path = os.path.join(os.path.abspath(workdir), PIXEL_FILE)
-    common.write_tensors(pixel_path, pixel)
-    notes.append(f'{len(pixel)} pixel-decoder tensors (pixel_quantize.*, '
-                 f'pixel_decoder.*: the fine-tuned MaskGIT-VQGAN decoder) '
-                 f'not hosted; saved unchanged to {pixel_path}')
 
   def fill(state):
     state['gen']['params'] = gen
@@ -521,8 +635,8 @@ def convert(checkpoint: str, workdir: str, *,
       'tensors_in_checkpoint': len(sd.tensors),
       'tensors_converted': len(sd.used) - len(sd.skipped),
       'dropped_on_purpose': sorted(sd.skipped),
-      'pixel_decoder_file': pixel_path,
-      'pixel_range': 'release [0, 1] folded into patch_embed (and out_conv)',
+      'pixel_range': ('release [0, 1] folded into patch_embed (and out_conv);'
+                      ' pixel_decoder maps its [0, 1] output to [-1, 1]'),
       'notes': notes,
   }
   common.write_workdir(workdir, config, fill, overwrite=overwrite,

@@ -63,9 +63,18 @@ by default; `convert/titok.py` sets them):
                    release's `conv_out`).
   proxy_codes      V > 0 without `proxy_teacher`: the head predicts V-way
                    logits per patch (the legacy release's proxy codes of a
-                   MaskGIT-VQGAN) and the model has no pixel decoder:
-                   `decode_logits(ids)` gives the logits; `decode` and
-                   `__call__` raise.
+                   MaskGIT-VQGAN); `decode_logits(ids)` gives the logits.
+                   Without `pixel_decoder`, `decode` and `__call__` raise.
+  pixel_decoder    with `proxy_codes`: the keyword arguments of a
+                   `frontends/maskgit_vqgan.py: MaskgitDecoder` (the legacy
+                   release's fine-tuned MaskGIT-VQGAN decoder, its
+                   `pixel_decoder`) and a code table `pixel_codebook`
+                   [V, Z] (its `pixel_quantize`). Pixels are rendered as in
+                   stage 2: softmax(logits) [B, N, V] mixes the rows of
+                   `pixel_codebook` into a grid [B, H/P, W/P, Z] that the
+                   decoder renders (its up-sampling factor must be P).
+                   `finetune_decoder` may then be set without a teacher
+                   (encoder and quantizer frozen in `__call__`).
 
 Interface (`models/base.py`): `__call__(x, train, *, step, rng,
 quantizer_hook)` -> ModelOutput (terms 'quantizer' and, in stage-1
@@ -208,6 +217,7 @@ class TiTok(nnx.Module):
                legacy_latent_reshape: bool = False, head_hidden: int = 0,
                head_activation: str = 'tanh', out_conv: bool = False,
                proxy_codes: int = 0,
+               pixel_decoder: dict[str, Any] | None = None,
                dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
     if image_size % patch_size:
       raise ValueError(f'image_size {image_size} is not divisible by '
@@ -216,7 +226,10 @@ class TiTok(nnx.Module):
       raise ValueError(f'num_tokens must be >= 1; got {num_tokens}')
     if tail_drop not in TAIL_DROP:
       raise ValueError(f'unknown tail_drop {tail_drop!r}; known: {TAIL_DROP}')
-    if finetune_decoder and proxy_teacher is None:
+    if pixel_decoder is not None and not proxy_codes:
+      raise ValueError('pixel_decoder renders proxy codes: it needs '
+                       'proxy_codes > 0')
+    if finetune_decoder and proxy_teacher is None and pixel_decoder is None:
       raise ValueError('finetune_decoder (stage 2) needs a proxy_teacher whose'
                        ' pixel decoder renders the predicted codes')
     if head_activation not in HEAD_ACTIVATIONS:
@@ -300,6 +313,20 @@ class TiTok(nnx.Module):
     else:
       self.head = vit.linear(head_in, pdim, ('embed', 'embed_in'), **kw)
     self.teacher = teacher
+    if pixel_decoder is None:
+      self.pixel_codebook = self.pixel_decoder = None
+    else:
+      from tokenizers_jax.frontends import maskgit_vqgan  # pylint: disable=g-import-not-at-top
+      dec = maskgit_vqgan.MaskgitDecoder(dtype=dtype, rngs=rngs,
+                                         **dict(pixel_decoder))
+      if dec.upsample_factor != patch_size:
+        raise ValueError(
+            f'pixel_decoder up-samples by {dec.upsample_factor}; the proxy '
+            f'codes are on the {patch_size}x{patch_size}-patch grid')
+      self.pixel_codebook = nnx.Param(
+          jax.random.normal(rngs.params(), (proxy_codes, dec.z_channels)),
+          **qbase.logical('codebook', 'code_dim'))
+      self.pixel_decoder = dec
 
   @property
   def codebook_size(self) -> int:
@@ -315,6 +342,8 @@ class TiTok(nnx.Module):
 
   @property
   def last_layer(self):
+    if self.pixel_decoder is not None:
+      return self.pixel_decoder.last_layer
     if self.finetune_decoder:
       return self.teacher.last_layer  # the pixel decoder's output conv
     if self.out_conv is not None:
@@ -325,7 +354,8 @@ class TiTok(nnx.Module):
   def init_from_new_params(self) -> tuple[str, ...]:
     """Param path prefixes that `config.init_from` may lack: in stage 2 the
     teacher's pixel decoder, initialised from the teacher's own weights."""
-    return ('teacher',) if self.finetune_decoder else ()
+    return (('teacher',) if self.finetune_decoder and self.teacher is not None
+            else ())
 
   def token_shape(self, image_shape) -> tuple[int, ...]:
     return (image_shape[0], self.num_tokens)
@@ -411,9 +441,13 @@ class TiTok(nnx.Module):
 
   def soft_codes(self, logits: Array) -> Array:
     """Stage 2: logits [B, N, V] -> the teacher latent grid [B, h, w, Et]
-    mixing the teacher's code vectors with weights softmax(logits)."""
-    v = self.teacher.codebook_size
-    codes = self.teacher.quantizer.decode(jnp.arange(v, dtype=jnp.int32))
+    mixing the teacher's code vectors (or `pixel_codebook`'s rows) with
+    weights softmax(logits)."""
+    if self.pixel_codebook is not None:
+      codes = self.pixel_codebook[...]
+    else:
+      v = self.teacher.codebook_size
+      codes = self.teacher.quantizer.decode(jnp.arange(v, dtype=jnp.int32))
     probs = jax.nn.softmax(logits, axis=-1)
     zq = jnp.einsum('bnv,ve->bne', probs, codes.astype(jnp.float32))
     return zq.reshape(zq.shape[0], self.grid, self.grid, zq.shape[-1])
@@ -422,12 +456,17 @@ class TiTok(nnx.Module):
               train: bool = False) -> tuple[Array, Array | None]:
     """Mask-token features -> (images, proxy logits or None)."""
     out = self.head_output(feats)
+    if self.proxy_codes and self.pixel_decoder is not None:
+      logits = out.astype(jnp.float32)
+      zq = self.soft_codes(logits).astype(feats.dtype)
+      return self.pixel_decoder(zq, train=train), logits
     if self.proxy_codes:
       raise ValueError(
           f'this TiTok predicts {self.proxy_codes}-way proxy codes '
           '(model.proxy_codes; the legacy two-stage release) and has no pixel '
           'decoder: use decode_logits(ids); pixels need the release\'s '
-          'MaskGIT-VQGAN decoder, which this project cannot host yet')
+          'MaskGIT-VQGAN decoder (model.pixel_decoder; convert a checkpoint '
+          'that has pixel_quantize.* and pixel_decoder.*)')
     if self.teacher is None:
       s = self.image_size
       x_hat = vit.unpatchify(out, self.patch_size, s, s)
