@@ -525,9 +525,10 @@ def test_legacy_without_pixel_decoder_gives_logits_only():
 
 
 @pytest.mark.slow
-def test_evaluate_reads_the_workdir():
+@pytest.mark.parametrize('legacy', [True, False])
+def test_evaluate_reads_the_workdir(legacy):
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
-  results = train_lib.evaluate_workdir(_converted(False)[3], num_batches=1)
+  results = train_lib.evaluate_workdir(_converted(legacy)[3], num_batches=1)
   assert np.isfinite(results['eval/psnr']) and results['step'] == 0
 
 
