@@ -168,6 +168,13 @@ class StateDict:
       self.used.add(name)
       self.skipped.add(name)
 
+  def skip_prefixes(self, prefixes: Iterable[str]) -> None:
+    """Marks every tensor under these name prefixes used on purpose
+    (`--ignore`)."""
+    for prefix in prefixes:
+      for name in self.names(prefix):
+        self.skip(name)
+
   def unused(self) -> list[str]:
     return sorted(set(self.tensors) - self.used)
 
@@ -218,6 +225,36 @@ def flatten(tree) -> dict[tuple, Any]:
 # -----------------------------------------------------------------------------
 # Configs and workdirs.
 # -----------------------------------------------------------------------------
+
+
+def map_tree(tree, fn):
+  """`tree` with each leaf replaced by fn(path_key(path), leaf)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map_with_path(
+      lambda p, leaf: fn(path_key(p), leaf), tree)
+
+
+def abstract_variables(build: Callable[[], Any]) -> list[tuple[dict, dict]]:
+  """[(params, other variables)] as pure dicts of shape-only arrays, one
+  pair per module `build()` returns (a module or a tuple of modules), built
+  abstractly (`nnx.eval_shape`: nothing is initialised)."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  modules = nnx.eval_shape(build)
+  if not isinstance(modules, (tuple, list)):
+    modules = (modules,)
+  out = []
+  for module in modules:
+    _, params, rest = nnx.split(module, nnx.Param, ...)
+    out.append((nnx.to_pure_dict(params), nnx.to_pure_dict(rest)))
+  return out
+
+
+def use_lpips_files(config, directory: str) -> None:
+  """Points the config's perceptual loss at a `--from=lpips` directory."""
+  from tokenizers_jax.convert import lpips as lpips_convert  # pylint: disable=g-import-not-at-top
+  directory = os.path.abspath(directory)
+  config.loss.lpips_vgg_path = os.path.join(directory, lpips_convert.VGG_FILE)
+  config.loss.lpips_lin_path = os.path.join(directory, lpips_convert.LIN_FILE)
 
 
 def default_base_config(name: str = 'vqgan.py:imagenet_f16') -> str:

@@ -444,11 +444,8 @@ def take_params(sd: common.StateDict, arch: FlexTokArch,
 
 
 def _abstract_params(config) -> dict:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
-  model = nnx.eval_shape(lambda: registry.build_model(config))
-  _, params, _ = nnx.split(model, nnx.Param, ...)
-  return nnx.to_pure_dict(params)
+  return common.abstract_variables(lambda: registry.build_model(config))[0][0]
 
 
 def _place(ours: dict, abstract: dict) -> dict:
@@ -521,9 +518,7 @@ def convert(checkpoint: str, workdir: str, *,
   vae = sd.names(VAE)
   for name in vae:
     sd.skip(name)
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   cfg = common.read_config_file(reference_config) if reference_config else None
   arch = infer_arch(sd, cfg)
   config = build_config(arch, base_config, image_size)

@@ -49,7 +49,6 @@ from typing import Any
 import numpy as np
 
 from tokenizers_jax.convert import common
-from tokenizers_jax.convert import lpips as lpips_convert
 
 _BLOCK = {'norm1': 'GroupNorm_0', 'conv1': 'Conv_0', 'norm2': 'GroupNorm_1',
           'conv2': 'Conv_1', 'shortcut': 'Conv_2'}
@@ -353,16 +352,9 @@ def release_name(path: tuple, arch) -> str:
 
 
 def _abstract_generator_params(config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
-  gen = nnx.eval_shape(lambda: registry.build_model(config, 0))
-  return nnx.to_pure_dict(nnx.state(gen, nnx.Param))
-
-
-def _map_tree(tree, fn):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: fn(common.path_key(p), leaf), tree)
+  return common.abstract_variables(
+      lambda: registry.build_model(config, 0))[0][0]
 
 
 # -----------------------------------------------------------------------------
@@ -398,9 +390,7 @@ def convert(checkpoint: str, workdir: str, *,
   """
   sd = common.StateDict(read_release(checkpoint),
                         f'MaskGIT checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   arch = infer_arch(sd, image_size or 256)
   if reference_config:
     arch = arch_from_config(common.read_config_file(reference_config), arch)
@@ -409,10 +399,7 @@ def convert(checkpoint: str, workdir: str, *,
            'the networks see images in [0, 1] as in the release; the '
            "front end maps our [-1, 1] to it and back (pixel_range='unit')"]
   if lpips_dir:
-    config.loss.lpips_vgg_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_dir)
   elif config.loss.perceptual_weight > 0:
     config.loss.perceptual_weight = 0.0
     notes.append('no --lpips_dir: loss.perceptual_weight set to 0 (run '
@@ -421,7 +408,7 @@ def convert(checkpoint: str, workdir: str, *,
 
   # Take every array before anything is built or written.
   params = _abstract_generator_params(config)
-  gen = _map_tree(params, lambda p, leaf: sd.take(release_name(p, config),
+  gen = common.map_tree(params, lambda p, leaf: sd.take(release_name(p, config),
                                                   leaf.shape))
   try:
     sd.check_complete()
@@ -438,7 +425,7 @@ def convert(checkpoint: str, workdir: str, *,
   def fill(state):
     state['gen']['params'] = gen
     if common.flatten(state['ema']):
-      state['ema'] = _map_tree(gen, lambda p, v: np.array(v))
+      state['ema'] = common.map_tree(gen, lambda p, v: np.array(v))
     return state
 
   report = {

@@ -423,17 +423,8 @@ def take_codebooks(sd: common.StateDict, arch: NeuroRVQArch) -> dict:
 
 
 def _abstract_model(config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
-  model = nnx.eval_shape(lambda: registry.build_model(config))
-  _, params, rest = nnx.split(model, nnx.Param, ...)
-  return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
-
-
-def _map_tree(tree, fn):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: fn(common.path_key(p), leaf), tree)
+  return common.abstract_variables(lambda: registry.build_model(config))[0]
 
 
 # -----------------------------------------------------------------------------
@@ -474,9 +465,7 @@ def convert(checkpoint: str, workdir: str, *,
                                  f'{sorted(unused)}')
   sd = common.StateDict(common.read_tensors(checkpoint),
                         f'NeuroRVQ checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   arch = infer_arch(sd)
   if reference_config:
     check_config(common.read_config_file(reference_config), arch)
@@ -503,7 +492,7 @@ def convert(checkpoint: str, workdir: str, *,
     raise common.ConversionError(f'config.data.channels: {e}') from None
 
   params, rest = _abstract_model(config)
-  gen = _map_tree(params, lambda p, leaf: param_value(sd, arch, p,
+  gen = common.map_tree(params, lambda p, leaf: param_value(sd, arch, p,
                                                       tuple(leaf.shape)))
   codebooks = take_codebooks(sd, arch)
   sd.check_complete()
@@ -520,9 +509,9 @@ def convert(checkpoint: str, workdir: str, *,
 
   def fill(state):
     state['gen']['params'] = gen
-    state['gen']['rest'] = _map_tree(state['gen']['rest'], fill_rest)
+    state['gen']['rest'] = common.map_tree(state['gen']['rest'], fill_rest)
     if common.flatten(state['ema']):
-      state['ema'] = _map_tree(gen, lambda p, v: np.array(v))
+      state['ema'] = common.map_tree(gen, lambda p, v: np.array(v))
     return state
 
   notes = [

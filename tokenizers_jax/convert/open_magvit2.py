@@ -523,9 +523,7 @@ def convert(checkpoint: str, workdir: str, *,
   """
   sd = common.StateDict(common.read_tensors(checkpoint),
                         f'Open-MAGVIT2 checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   ignored_disc = any(_DISC.startswith(p) for p in ignore)
   notes = []
   arch = infer_arch(sd, image_size or 256)
@@ -551,13 +549,9 @@ def convert(checkpoint: str, workdir: str, *,
       _LPIPS.startswith(p) for p in ignore)
   lpips_out = os.path.join(os.path.abspath(workdir), 'lpips')
   if has_lpips:
-    config.loss.lpips_vgg_path = os.path.join(lpips_out, lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(lpips_out, lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_out)
   elif lpips_dir:
-    config.loss.lpips_vgg_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_dir)
   elif config.loss.perceptual_weight > 0:
     config.loss.perceptual_weight = 0.0
     notes.append('no LPIPS weights in the checkpoint and no --lpips_dir: '
@@ -576,7 +570,7 @@ def convert(checkpoint: str, workdir: str, *,
 
   # Take every tensor before anything is built or written.
   (gp, _), (dp, dr) = taming_convert._abstract_models(config)  # pylint: disable=protected-access
-  map_tree = taming_convert._map_tree  # pylint: disable=protected-access
+  map_tree = common.map_tree
   gen = map_tree(gp, lambda p, leaf: _take(sd, generator_name(p), leaf.shape))
   ema = None
   if has_ema:

@@ -358,20 +358,8 @@ def _take(sd: common.StateDict, name: str, shape: tuple) -> np.ndarray | None:
 
 
 def _abstract_models(config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import steps  # pylint: disable=g-import-not-at-top
-  gen, disc = nnx.eval_shape(lambda: steps.build_models(config))
-  out = []
-  for module in (gen, disc):
-    _, params, rest = nnx.split(module, nnx.Param, ...)
-    out.append((nnx.to_pure_dict(params), nnx.to_pure_dict(rest)))
-  return out
-
-
-def _map_tree(tree, fn):
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map_with_path(
-      lambda p, leaf: fn(common.path_key(p), leaf), tree)
+  return common.abstract_variables(lambda: steps.build_models(config))
 
 
 # -----------------------------------------------------------------------------
@@ -406,9 +394,7 @@ def convert(checkpoint: str, workdir: str, *,
   """
   sd = common.StateDict(common.read_tensors(checkpoint),
                         f'taming checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   arch = infer_arch(sd, image_size or 256)
   if reference_config:
     arch = arch_from_config(common.read_config_file(reference_config), arch)
@@ -419,13 +405,9 @@ def convert(checkpoint: str, workdir: str, *,
       _LPIPS.startswith(p) for p in ignore)
   lpips_out = os.path.join(os.path.abspath(workdir), 'lpips')
   if has_lpips:
-    config.loss.lpips_vgg_path = os.path.join(lpips_out, lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(lpips_out, lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_out)
   elif lpips_dir:
-    config.loss.lpips_vgg_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_dir)
   elif config.loss.perceptual_weight > 0:
     config.loss.perceptual_weight = 0.0
     notes.append('no LPIPS weights in the checkpoint and no --lpips_dir: '
@@ -438,13 +420,13 @@ def convert(checkpoint: str, workdir: str, *,
   # Take every tensor before anything is built or written.
   (gp, gr), (dp, dr) = _abstract_models(config)
   del gr
-  gen = _map_tree(gp, lambda p, leaf: _take(sd, generator_name(p), leaf.shape))
+  gen = common.map_tree(gp, lambda p, leaf: _take(sd, generator_name(p), leaf.shape))
   disc_params = disc_rest = None
   if arch.disc is not None:
     n_layers = arch.disc[1]
-    disc_params = _map_tree(dp, lambda p, leaf: _take(
+    disc_params = common.map_tree(dp, lambda p, leaf: _take(
         sd, discriminator_name(p, n_layers), leaf.shape))
-    disc_rest = _map_tree(dr, lambda p, leaf: _take(
+    disc_rest = common.map_tree(dr, lambda p, leaf: _take(
         sd, discriminator_name(p, n_layers), leaf.shape))
     for name in sd.names(_DISC):
       if name.endswith('num_batches_tracked'):
@@ -465,7 +447,7 @@ def convert(checkpoint: str, workdir: str, *,
       state['disc']['params'] = disc_params
       state['disc']['rest'] = disc_rest
     if common.flatten(state['ema']):
-      state['ema'] = _map_tree(gen, lambda p, v: np.array(v))
+      state['ema'] = common.map_tree(gen, lambda p, v: np.array(v))
     return state
 
   report = {

@@ -536,11 +536,8 @@ def _fill_tree(want, have, path=()):
 
 
 def _abstract_params(config) -> dict:
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.models import registry  # pylint: disable=g-import-not-at-top
-  model = nnx.eval_shape(lambda: registry.build_model(config))
-  _, params, _ = nnx.split(model, nnx.Param, ...)
-  return nnx.to_pure_dict(params)
+  return common.abstract_variables(lambda: registry.build_model(config))[0][0]
 
 
 # -----------------------------------------------------------------------------
@@ -573,12 +570,9 @@ def convert(checkpoint: str, workdir: str, *,
   Returns:
     The conversion report (also written to workdir/conversion.json).
   """
-  from tokenizers_jax.convert import lpips as lpips_convert  # pylint: disable=g-import-not-at-top
   sd = common.StateDict(common.read_tensors(checkpoint),
                         f'TiTok checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   arch = infer_arch(sd)
   notes = []
   if reference_config:
@@ -591,10 +585,7 @@ def convert(checkpoint: str, workdir: str, *,
         f'{"legacy" if arch.legacy else "single-stage"} models)')
   config = build_config(arch, base_config, image_size)
   if lpips_dir:
-    config.loss.lpips_vgg_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.VGG_FILE)
-    config.loss.lpips_lin_path = os.path.join(os.path.abspath(lpips_dir),
-                                              lpips_convert.LIN_FILE)
+    common.use_lpips_files(config, lpips_dir)
   elif config.loss.perceptual_weight > 0:
     config.loss.perceptual_weight = 0.0
     notes.append('no --lpips_dir: loss.perceptual_weight set to 0 (the '

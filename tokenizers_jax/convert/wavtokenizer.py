@@ -733,14 +733,8 @@ def build_config(arch: WavTokArch, base_config: str | None = None,
 
 
 def _abstract_models(config):
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import audio_task  # pylint: disable=g-import-not-at-top
-  gen, disc = nnx.eval_shape(lambda: audio_task.build_models(config))
-  out = []
-  for module in (gen, disc):
-    _, params, rest = nnx.split(module, nnx.Param, ...)
-    out.append((nnx.to_pure_dict(params), nnx.to_pure_dict(rest)))
-  return out
+  return common.abstract_variables(lambda: audio_task.build_models(config))
 
 
 def _set(tree: dict, path: tuple, value) -> None:
@@ -809,9 +803,7 @@ def convert(checkpoint: str, workdir: str, *,
                                  f'{sorted(unused)}')
   sd = common.StateDict(common.read_tensors(checkpoint),
                         f'WavTokenizer checkpoint {checkpoint!r}')
-  for prefix in ignore:
-    for name in sd.names(prefix):
-      sd.skip(name)
+  sd.skip_prefixes(ignore)
   dac = [n for n in sd.names() if n.startswith(DAC_PREFIXES)
          and n not in sd.skipped]
   if dac:
