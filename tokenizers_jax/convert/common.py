@@ -257,6 +257,27 @@ def use_lpips_files(config, directory: str) -> None:
   config.loss.lpips_lin_path = os.path.join(directory, lpips_convert.LIN_FILE)
 
 
+def conversion_report(source: str, checkpoint: str,
+                      reference_config: str | None, arch, sd: StateDict,
+                      notes: list[str], **extra) -> dict:
+  """The report every converter writes to `workdir/conversion.json`: the
+  files read, the architecture (a dataclass), tensor counts, what was dropped
+  on purpose, the notes, and the source's own `extra` entries (which may
+  replace the standard ones)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return {
+      'source': source, 'checkpoint': os.path.abspath(checkpoint),
+      'reference_config': (os.path.abspath(reference_config)
+                           if reference_config else None),
+      'architecture': dataclasses.asdict(arch),
+      'tensors_in_checkpoint': len(sd.tensors),
+      'tensors_converted': len(sd.used) - len(sd.skipped),
+      'dropped_on_purpose': sorted(sd.skipped),
+      'notes': notes,
+      **extra,
+  }
+
+
 def default_base_config(name: str = 'vqgan.py:imagenet_f16') -> str:
   """The repository's `configs/NAME` (converted workdirs start from it)."""
   here = os.path.dirname(os.path.dirname(os.path.dirname(

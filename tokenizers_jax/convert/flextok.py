@@ -52,7 +52,6 @@ width (len(levels)), g the posemb grid (patches per side), C latent channels.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
@@ -555,18 +554,11 @@ def convert(checkpoint: str, workdir: str, *,
       state['ema'] = jax_copy(gen)
     return state
 
-  report = {
-      'source': 'flextok', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': (sorted(set(sd.skipped) - set(vae))
-                             + ([f'{VAE}* ({len(vae)} tensors)'] if vae
-                                else [])),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      'flextok', checkpoint, reference_config, arch, sd, notes,
+      dropped_on_purpose=(sorted(set(sd.skipped) - set(vae))
+                          + ([f'{VAE}* ({len(vae)} tensors)'] if vae
+                             else [])))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

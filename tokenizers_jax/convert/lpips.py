@@ -105,6 +105,15 @@ def take_scaling_layer(sd: common.StateDict, prefix: str = '') -> None:
             f'{key} = {value.reshape(-1).tolist()}, not LPIPS v0.1\'s {ref}')
 
 
+def take_embedded(sd: common.StateDict, prefix: str) -> tuple[dict, dict]:
+  """(trunk, heads) of an LPIPS module stored inside a tokenizer checkpoint
+  under `prefix` (lpips-package names; its scaling layer is checked)."""
+  trunk = take_trunk(sd, 'lpips', prefix)
+  heads = take_heads(sd, prefix)
+  take_scaling_layer(sd, prefix)
+  return trunk, heads
+
+
 def write_files(output_dir: str, trunk: dict, heads: dict) -> tuple[str, str]:
   """Writes both .npz files and checks that `LPIPS.from_files` loads them."""
   os.makedirs(output_dir, exist_ok=True)

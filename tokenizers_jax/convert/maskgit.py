@@ -428,16 +428,8 @@ def convert(checkpoint: str, workdir: str, *,
       state['ema'] = common.map_tree(gen, lambda p, v: np.array(v))
     return state
 
-  report = {
-      'source': 'maskgit', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      'maskgit', checkpoint, reference_config, arch, sd, notes)
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

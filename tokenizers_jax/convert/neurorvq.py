@@ -51,7 +51,6 @@ N n_patches (max patches), L RVQ levels, V codes per level.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import numpy as np
 
@@ -526,17 +525,10 @@ def convert(checkpoint: str, workdir: str, *,
       'cluster_size floored at 1, embed_avg = codebook * cluster_size',
       'amp_stats (decode without stats) keep their default [0, 1]',
   ]
-  report = {
-      'source': 'neurorvq', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'channels': list(config.data.channels), 'channel_ids': list(ids),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'notes': [n for n in notes if n],
-  }
+  report = common.conversion_report(
+      'neurorvq', checkpoint, reference_config, arch, sd,
+      [n for n in notes if n], channels=list(config.data.channels),
+      channel_ids=list(ids))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

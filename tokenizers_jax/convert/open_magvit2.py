@@ -595,15 +595,11 @@ def convert(checkpoint: str, workdir: str, *,
       if name.endswith('num_batches_tracked'):
         sd.skip(name)
   _check_quantizer_buffers(sd, arch)
-  trunk = heads = None
-  if has_lpips:
-    trunk = lpips_convert.take_trunk(sd, 'lpips', _LPIPS)
-    heads = lpips_convert.take_heads(sd, _LPIPS)
-    lpips_convert.take_scaling_layer(sd, _LPIPS)
+  lpips_weights = lpips_convert.take_embedded(sd, _LPIPS) if has_lpips else None
   sd.check_complete()
 
-  if has_lpips:
-    lpips_convert.write_files(lpips_out, trunk, heads)
+  if lpips_weights:
+    lpips_convert.write_files(lpips_out, *lpips_weights)
 
   def fill(state):
     state['gen']['params'] = gen
@@ -618,23 +614,15 @@ def convert(checkpoint: str, workdir: str, *,
                    'stored')
     return state
 
-  report = {
-      'source': SOURCE, 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'identity_initialised': [f'{m}/{leaf}' for m in IDENTITY_CONVS
-                               for leaf in ('kernel', 'bias')],
-      'ema': ('model_ema.*' if ema is not None else
-              'none in the checkpoint: EMA = the weights'),
-      'lpips': ({'vgg': config.loss.lpips_vgg_path,
-                 'lin': config.loss.lpips_lin_path}
-                if config.loss.lpips_vgg_path else None),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      SOURCE, checkpoint, reference_config, arch, sd, notes,
+      identity_initialised=[f'{m}/{leaf}' for m in IDENTITY_CONVS
+                            for leaf in ('kernel', 'bias')],
+      ema=('model_ema.*' if ema is not None else
+           'none in the checkpoint: EMA = the weights'),
+      lpips=({'vgg': config.loss.lpips_vgg_path,
+              'lin': config.loss.lpips_lin_path}
+             if config.loss.lpips_vgg_path else None))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

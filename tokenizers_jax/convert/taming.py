@@ -431,15 +431,11 @@ def convert(checkpoint: str, workdir: str, *,
     for name in sd.names(_DISC):
       if name.endswith('num_batches_tracked'):
         sd.skip(name)
-  trunk = heads = None
-  if has_lpips:
-    trunk = lpips_convert.take_trunk(sd, 'lpips', _LPIPS)
-    heads = lpips_convert.take_heads(sd, _LPIPS)
-    lpips_convert.take_scaling_layer(sd, _LPIPS)
+  lpips_weights = lpips_convert.take_embedded(sd, _LPIPS) if has_lpips else None
   sd.check_complete()
 
-  if has_lpips:
-    lpips_convert.write_files(lpips_out, trunk, heads)
+  if lpips_weights:
+    lpips_convert.write_files(lpips_out, *lpips_weights)
 
   def fill(state):
     state['gen']['params'] = gen
@@ -450,19 +446,11 @@ def convert(checkpoint: str, workdir: str, *,
       state['ema'] = common.map_tree(gen, lambda p, v: np.array(v))
     return state
 
-  report = {
-      'source': 'taming', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'lpips': ({'vgg': config.loss.lpips_vgg_path,
-                 'lin': config.loss.lpips_lin_path}
-                if config.loss.lpips_vgg_path else None),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      'taming', checkpoint, reference_config, arch, sd, notes,
+      lpips=({'vgg': config.loss.lpips_vgg_path,
+              'lin': config.loss.lpips_lin_path}
+             if config.loss.lpips_vgg_path else None))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

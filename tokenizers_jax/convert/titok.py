@@ -84,7 +84,6 @@ size, N = (H/P)^2 patches, E = token_size, V proxy codes.
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Any
 
 import numpy as np
@@ -618,18 +617,10 @@ def convert(checkpoint: str, workdir: str, *,
       state['ema'] = _fill_tree(state['ema'], gen)
     return state
 
-  report = {
-      'source': 'titok', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'pixel_range': ('release [0, 1] folded into patch_embed (and out_conv);'
-                      ' pixel_decoder maps its [0, 1] output to [-1, 1]'),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      'titok', checkpoint, reference_config, arch, sd, notes,
+      pixel_range=('release [0, 1] folded into patch_embed (and out_conv);'
+                   ' pixel_decoder maps its [0, 1] output to [-1, 1]'))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   return report

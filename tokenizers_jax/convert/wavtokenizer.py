@@ -873,17 +873,10 @@ def convert(checkpoint: str, workdir: str, *,
       state['ema'] = jax.tree.map(np.array, gen)
     return state
 
-  report = {
-      'source': 'wavtokenizer', 'checkpoint': os.path.abspath(checkpoint),
-      'reference_config': (os.path.abspath(reference_config)
-                           if reference_config else None),
-      'architecture': dataclasses.asdict(arch),
-      'tensors_in_checkpoint': len(sd.tensors),
-      'tensors_converted': len(sd.used) - len(sd.skipped) - len(passthrough),
-      'kept_verbatim': sorted(passthrough),
-      'dropped_on_purpose': sorted(sd.skipped),
-      'notes': notes,
-  }
+  report = common.conversion_report(
+      'wavtokenizer', checkpoint, reference_config, arch, sd, notes,
+      tensors_converted=len(sd.used) - len(sd.skipped) - len(passthrough),
+      kept_verbatim=sorted(passthrough))
   common.write_workdir(workdir, config, fill, overwrite=overwrite,
                        report=report)
   if passthrough:
