@@ -15,6 +15,10 @@ nbclient = pytest.importorskip('nbclient')
 
 COLAB_DIR = pathlib.Path(__file__).resolve().parents[1] / 'colab'
 NOTEBOOKS = sorted(COLAB_DIR.glob('*.ipynb'))
+# Executed in the default run (the CI budget); the others are `slow`. The
+# quickstart is the README's first stop and generation the whole chain
+# (tokenizer -> pretokenize -> generator -> samples).
+DEFAULT_RUN = ('quickstart.ipynb', 'generation.ipynb')
 CELL_TIMEOUT_S = 300
 # Wall-time budget of one notebook run (kernel start included).
 NOTEBOOK_BUDGET_S = 120
@@ -37,7 +41,10 @@ def test_notebook_is_stored_without_outputs(path):
                      '(jupyter nbconvert --clear-output --inplace) before committing')
 
 
-@pytest.mark.parametrize('path', NOTEBOOKS, ids=lambda p: p.name)
+@pytest.mark.parametrize('path', [
+    pytest.param(p, id=p.name,
+                 marks=() if p.name in DEFAULT_RUN else pytest.mark.slow)
+    for p in NOTEBOOKS])
 def test_notebook_runs_tiny(path):
   nb = nbformat.read(path, as_version=4)
   cells = _code_cells(nb)

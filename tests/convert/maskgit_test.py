@@ -450,6 +450,7 @@ def test_export_round_trip(tmp_path):
               sd)).structure())
 
 
+@pytest.mark.slow  # taming_test's evaluate test covers the same path.
 def test_evaluate_reads_the_workdir():
   results = train_lib.evaluate_workdir(_converted()[2], num_batches=1)
   assert np.isfinite(results['eval/psnr']) and results['step'] == 0

@@ -415,6 +415,7 @@ def test_init_from_starts_a_run_from_the_converted_weights():
       np.testing.assert_array_equal(got[path], want[path], err_msg=str(path))
 
 
+@pytest.mark.slow  # A training run on the converted workdir (about 50 s).
 def test_train_continues_in_the_converted_workdir(tmp_path):
   """`train` on the converted workdir itself resumes its step-0 checkpoint
   (which has no data-iterator item) with the release's weights."""

@@ -343,7 +343,8 @@ def test_two_processes_save_the_same_step_on_sigterm(tmp_path):
   agree on the step, save it and exit cleanly."""
   workdir = str(tmp_path / 'run')
   port = _free_port()
-  env = {'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  env = {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') +
+                      ' --xla_force_host_platform_device_count=1'}
   procs = [start_train(workdir, f'--coordinator_address=127.0.0.1:{port}',
                        '--num_processes=2', f'--process_id={i}',
                        '--config.total_steps=40', env_extra=env)

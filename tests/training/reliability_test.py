@@ -134,7 +134,8 @@ def start_train(case: Case, workdir, *extra, log=None, devices=None):
   """A training subprocess writing its console to `log` (a path)."""
   env = dict(os.environ, PYTHONUNBUFFERED='1')
   if devices is not None:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+    env['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                        f' --xla_force_host_platform_device_count={devices}')
   log = open(log or f'{workdir}.log', 'w')
   proc = subprocess.Popen(train_command(case, workdir, *extra), cwd=REPO,
                           env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -369,6 +370,9 @@ def test_eight_devices_match_one_device(case, compiled):
 # -----------------------------------------------------------------------------
 
 
+# A subprocess per task (30-50 s each); train_test.py's kill -9 test of the
+# image task runs by default.
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_exact(case, reference, compiled,
                                              tmp_path):
   workdir = tmp_path / 'killed'

@@ -224,6 +224,12 @@ def test_sigkill_and_resume_is_bitwise_exact(tmp_path):
   assert la[12] == lb[12]
 
 
+def _devices(n):
+  """The test flags (conftest.py) with n simulated devices (last one wins)."""
+  return {'XLA_FLAGS': os.environ.get('XLA_FLAGS', '') +
+                       f' --xla_force_host_platform_device_count={n}'}
+
+
 def _free_port():
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
@@ -233,13 +239,13 @@ def _free_port():
 def test_two_processes_match_one_process(tmp_path):
   one = tmp_path / 'one'
   run_train(str(one), '--stop_after=4',
-            env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})
+            env_extra=_devices(2))
   two = tmp_path / 'two'
   port = _free_port()
   procs = [run_train(str(two), '--stop_after=4',
                      f'--coordinator_address=127.0.0.1:{port}',
                      '--num_processes=2', f'--process_id={i}',
-                     env_extra={'XLA_FLAGS': '--xla_force_host_platform_device_count=1'},
+                     env_extra=_devices(1),
                      wait=False) for i in range(2)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
