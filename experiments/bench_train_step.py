@@ -95,18 +95,6 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
-    variants = {'ours': compiled}
-    if ab_kernel_grad:  # The same step with XLA's own conv kernel gradients.
-      from tokenizers_jax.nn import conv as conv_lib  # pylint: disable=g-import-not-at-top
-      real = conv_lib.needs_gemm_kernel_grad
-      conv_lib.needs_gemm_kernel_grad = lambda *a: False
-      try:
-        variants['ours_xla_kernel_grad'] = jax.jit(
-            lambda s, b: steps_lib.train_step(trainer, s, b),
-            in_shardings=(state_sh, data_sh), out_shardings=(state_sh, None),
-            donate_argnums=0).lower(state, batch_arr).compile()
-      finally:
-        conv_lib.needs_gemm_kernel_grad = real
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]
