@@ -75,49 +75,44 @@ def _patches(x: Array, kh: int, kw: int, out_h: int, out_w: int) -> Array:
   return jnp.stack(rows, 3)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_small(x, kernel, padding, precision):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_fast_grad(x, kernel, padding, precision, path):
+  """XLA's convolution; its backward pass by `path`: 'small' (patches input
+  gradient) or 'wide' (matmul kernel gradient)."""
+  del path
   return _conv(x, kernel, padding, precision)
 
 
-def _conv_small_fwd(x, kernel, padding, precision):
+def _conv_fast_grad_fwd(x, kernel, padding, precision, path):
+  del path
   return _conv(x, kernel, padding, precision), (x, kernel)
 
 
-def _conv_small_bwd(padding, precision, res, g):
-  x, kernel = res
+def _small_input_grad(x, kernel, padding, precision, g):
   kh, kw = kernel.shape[:2]
   (plo_h, phi_h), (plo_w, phi_w) = padding
   pads = ((kh - 1 - plo_h, kh - 1 - phi_h), (kw - 1 - plo_w, kw - 1 - phi_w))
   gp = jnp.pad(g, ((0, 0), *pads, (0, 0)))
   flipped = jnp.flip(kernel, (0, 1))  # [kh, kw, Ci, Co]
-  dx = jnp.einsum('byxhwo,hwio->byxi',
-                  _patches(gp, kh, kw, x.shape[1], x.shape[2]), flipped,
-                  precision=precision)
-  _, vjp_kernel = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
-  return dx.astype(x.dtype), vjp_kernel(g)[0]
+  return jnp.einsum('byxhwo,hwio->byxi',
+                    _patches(gp, kh, kw, x.shape[1], x.shape[2]), flipped,
+                    precision=precision)
 
 
-_conv_small.defvjp(_conv_small_fwd, _conv_small_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv_wide(x, kernel, padding, precision):
-  return _conv(x, kernel, padding, precision)
-
-
-def _conv_wide_fwd(x, kernel, padding, precision):
-  return _conv(x, kernel, padding, precision), (x, kernel)
-
-
-def _conv_wide_bwd(padding, precision, res, g):
+def _conv_fast_grad_bwd(padding, precision, path, res, g):
   x, kernel = res
-  _, vjp_x = jax.vjp(lambda v: _conv(v, kernel, padding, precision), x)
-  dk = gemm_kernel_grad(x, g, kernel.shape, padding, precision)
-  return vjp_x(g)[0], dk.astype(kernel.dtype)
+  if path == 'small':
+    dx = _small_input_grad(x, kernel, padding, precision, g)
+    _, vjp_kernel = jax.vjp(lambda k: _conv(x, k, padding, precision), kernel)
+    dk = vjp_kernel(g)[0]
+  else:
+    _, vjp_x = jax.vjp(lambda v: _conv(v, kernel, padding, precision), x)
+    dx = vjp_x(g)[0]
+    dk = gemm_kernel_grad(x, g, kernel.shape, padding, precision)
+  return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
-_conv_wide.defvjp(_conv_wide_fwd, _conv_wide_bwd)
+_conv_fast_grad.defvjp(_conv_fast_grad_fwd, _conv_fast_grad_bwd)
 
 
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -147,9 +142,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
     k = rhs.shape[:2]
     if (needs_small_input_grad(lhs.shape, rhs.shape, window_strides)
         and all(0 <= v <= k[i] - 1 for i, p in enumerate(pad) for v in p)):
-      return _conv_small(lhs, rhs, pad, precision)
+      return _conv_fast_grad(lhs, rhs, pad, precision, 'small')
     if (needs_gemm_kernel_grad(lhs.shape, rhs.shape, window_strides, pad)
         and all(v >= 0 for p in pad for v in p)):
-      return _conv_wide(lhs, rhs, pad, precision)
+      return _conv_fast_grad(lhs, rhs, pad, precision, 'wide')
   return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding,
                                       *plain, precision=precision, **kwargs)
