@@ -225,8 +225,7 @@ def taming_step(config, images: np.ndarray):
   return step, sum(p.numel() for p in gen.parameters())
 
 
-def vs_taming(case: str, blocks: int, steps_per_block: int,
-              ab_kernel_grad: bool = False) -> dict:
+def vs_taming(case: str, blocks: int, steps_per_block: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
@@ -246,45 +245,27 @@ def vs_taming(case: str, blocks: int, steps_per_block: int,
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
-    variants = {'ours': compiled}
-    if ab_kernel_grad:  # The same step with XLA's own conv kernel gradients.
-      from tokenizers_jax.nn import conv as conv_lib  # pylint: disable=g-import-not-at-top
-      real = conv_lib.needs_gemm_kernel_grad
-      conv_lib.needs_gemm_kernel_grad = lambda *a: False
-      try:
-        variants['ours_xla_kernel_grad'] = jax.jit(
-            lambda s, b: steps_lib.train_step(trainer, s, b),
-            in_shardings=(state_sh, data_sh), out_shardings=(state_sh, None),
-            donate_argnums=0).lower(state, batch_arr).compile()
-      finally:
-        conv_lib.needs_gemm_kernel_grad = real
     ours_params = sum(int(np.prod(x.shape)) for x in
                       jax.tree.leaves(state['gen']['params']))
     peer, peer_params = taming_step(config, images)
     holder = {'state': state}
 
-    def run(step_fn):
-      def go():
-        holder['state'], metrics = step_fn(holder['state'], batch_arr)
-        jax.block_until_ready(metrics)
-      return go
+    def ours():
+      holder['state'], metrics = compiled(holder['state'], batch_arr)
+      jax.block_until_ready(metrics)
 
-    fns = {name: run(c) for name, c in variants.items()}
-    fns['taming'] = peer
-    for fn_ in fns.values():
-      fn_()  # Warm-up of each.
-    times = {name: [] for name in fns}
+    ours()
+    peer()  # Warm-up of both.
+    times = {'ours': [], 'taming': []}
     for _ in range(blocks):
-      for name, fn_ in fns.items():
+      for name, fn_ in (('ours', ours), ('taming', peer)):
         for _ in range(steps_per_block):
           t = time.perf_counter()
           fn_()
           times[name].append(time.perf_counter() - t)
   ours_s = float(np.median(times['ours']))
   peer_s = float(np.median(times['taming']))
-  extra = {f'{k}_s': float(np.median(v)) for k, v in times.items()
-           if k not in ('ours', 'taming')}
-  return dict(case=case, image_size=size, batch=batch, ours_s=ours_s, **extra,
+  return dict(case=case, image_size=size, batch=batch, ours_s=ours_s,
               taming_s=peer_s, ratio=peer_s / ours_s, compile_s=compile_s,
               ours_params_m=ours_params / 1e6,
               taming_params_m=peer_params / 1e6,
@@ -306,12 +287,9 @@ def main_vs_taming(args):
   for case in args.cases.split(','):
     if case not in VS_TAMING:
       raise SystemExit(f'unknown case {case!r}; known: {sorted(VS_TAMING)}')
-    r = vs_taming(case, args.blocks, args.steps, args.ab_kernel_grad)
+    r = vs_taming(case, args.blocks, args.steps)
     rows.append(r)
-    ab = (f", with XLA's conv kernel gradients "
-          f"{r['ours_xla_kernel_grad_s'] * 1e3:.0f} ms"
-          if 'ours_xla_kernel_grad_s' in r else '')
-    print(f"#   {case}: ours {r['ours_s'] * 1e3:.0f} ms{ab}, taming "
+    print(f"#   {case}: ours {r['ours_s'] * 1e3:.0f} ms, taming "
           f"{r['taming_s'] * 1e3:.0f} ms, ratio {r['ratio']:.2f}; G params "
           f"{r['ours_params_m']:.2f} M / {r['taming_params_m']:.2f} M",
           flush=True)
@@ -339,9 +317,6 @@ def main(argv=None):
                       help='--vs_taming cases: small, f16')
   parser.add_argument('--blocks', type=int, default=3,
                       help='--vs_taming: alternating blocks')
-  parser.add_argument('--ab_kernel_grad', action='store_true',
-                      help="--vs_taming: also time our step with XLA's own "
-                      'conv kernel gradients (nn/conv.py off)')
   args = parser.parse_args(argv)
   if args.vs_taming:
     return main_vs_taming(args)

@@ -33,7 +33,6 @@ from flax import nnx
 
 from tokenizers_jax.frontends.common import (
     DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin)
-from tokenizers_jax.nn import conv as conv_lib
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -65,8 +64,7 @@ def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
       in_ch, out_ch, (kernel, kernel), strides=(stride, stride),
       padding=padding, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
       kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
-      bias_metadata=logical('embed'),
-      conv_general_dilated=conv_lib.conv_general_dilated)
+      bias_metadata=logical('embed'))
 
 
 def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,

@@ -65,7 +65,6 @@ from tokenizers_jax.frontends.common import (
     _check_rank_channels)
 from tokenizers_jax.frontends.image import (
     NORM_EPSILON, _conv, _norm, group_count)
-from tokenizers_jax.nn import conv as conv_lib
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -115,8 +114,7 @@ def _conv_nb(in_ch: int, out_ch: int, kernel: int, *, use_bias: bool,
   return nnx.Conv(
       in_ch, out_ch, (kernel, kernel), padding='SAME', use_bias=False,
       dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-      kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
-      conv_general_dilated=conv_lib.conv_general_dilated)
+      kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'))
 
 
 def _linear(in_features: int, out_features: int, *, dtype: Dtype,

@@ -51,7 +51,6 @@ from flax import nnx
 from tokenizers_jax.frontends.common import (
     DecoderBase, EncoderBase, FrontEndBase, LevelConfigMixin)
 from tokenizers_jax.frontends.image import _norm
-from tokenizers_jax.nn import conv as conv_lib
 from tokenizers_jax.nn.partitioning import logical
 
 Array = jax.Array
@@ -70,8 +69,7 @@ def _conv(in_ch: int, out_ch: int, kernel: int, *, use_bias: bool,
       padding='SAME', use_bias=use_bias, dtype=dtype,
       param_dtype=param_dtype, rngs=rngs,
       kernel_metadata=logical('conv_h', 'conv_w', 'embed_in', 'embed'),
-      bias_metadata=logical('embed'),
-      conv_general_dilated=conv_lib.conv_general_dilated)
+      bias_metadata=logical('embed'))
 
 
 def avg_pool_2x(x: Array) -> Array:
