@@ -20,6 +20,7 @@ Layouts: PyTorch convs are OIHW, ours HWIO; PyTorch linears [out, in], ours
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import pickle
@@ -264,7 +265,6 @@ def conversion_report(source: str, checkpoint: str,
   files read, the architecture (a dataclass), tensor counts, what was dropped
   on purpose, the notes, and the source's own `extra` entries (which may
   replace the standard ones)."""
-  import dataclasses  # pylint: disable=g-import-not-at-top
   return {
       'source': source, 'checkpoint': os.path.abspath(checkpoint),
       'reference_config': (os.path.abspath(reference_config)
