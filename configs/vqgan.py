@@ -7,11 +7,14 @@ Variants:
                 16x16 tokens, 1024 codes; for TPU/GPU users (prepared TFDS
                 imagenet2012 in ArrayRecord format).
   test          a micro model for tests and smoke runs (16², f=2).
-Modifiers (comma-separated): bf16 (mixed precision), steps=N, batch=N.
+Modifiers (comma-separated): bf16 (mixed precision), fsq (FSQ levels
+(8, 5, 5, 5), 1000 codes, instead of the VQ), steps=N, batch=N.
 
   python -m tokenizers_jax.train --config=configs/vqgan.py:tiny --workdir=/tmp/vqgan
   python -m tokenizers_jax.train --config=configs/vqgan.py:tiny,bf16 \
       --workdir=/tmp/vqgan --config.total_steps=200
+  python -m tokenizers_jax.train --config=configs/vqgan.py:tiny,fsq \
+      --workdir=/tmp/vqgan_fsq
 """
 
 import ml_collections
@@ -20,7 +23,8 @@ from tokenizers_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  args = config_lib.parse_arg(arg, variant='tiny', bf16=False, steps=0, batch=0)
+  args = config_lib.parse_arg(arg, variant='tiny', bf16=False, fsq=False,
+                              steps=0, batch=0)
   c = config_lib.image_base_config()
   if args.variant == 'tiny':
     c.total_steps = 2000
@@ -58,4 +62,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.total_steps = 1_000_000
   else:
     raise ValueError(f'unknown variant {args.variant!r}; known: tiny, test, imagenet_f16')
+  if args.fsq:
+    c.quantizer = ml_collections.ConfigDict(
+        dict(name='fsq', levels=(8, 5, 5, 5)), type_safe=False)
   return config_lib.apply_modifiers(c, args)

@@ -57,8 +57,7 @@ TOKENIZERS = {
     'perturb': ('configs/vqgan.py:tiny', {'model.perturb.alpha': 1.0,
                                           'model.perturb.beta': 0.1,
                                           'model.perturb.delta': 8}),
-    'fsq': ('configs/vqgan.py:tiny', {'quantizer.name': 'fsq',
-                                      'quantizer.levels': (8, 5, 5, 5)}),
+    'fsq': ('configs/vqgan.py:tiny,fsq', {}),
     'flextok': ('configs/flextok.py:tiny', {}),
 }
 GENERATORS = {'maskgit': 'configs/maskgit.py:tiny', 'ar': 'configs/ar.py:tiny'}

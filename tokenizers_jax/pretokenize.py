@@ -8,7 +8,8 @@ r"""Encode a tokenizer run's dataset into ArrayRecord shards of token ids.
 
 Reads the examples of the tokenizer's own `data.source` (images centre-
 cropped to its image size, labels where the source has them; whole audio
-utterances), encodes them with `Tokenizer.from_workdir(--workdir)` (EMA
+utterances; EEG windows of `data.num_patches` patches, stored with their
+two signal statistics and patch mask), encodes them with `Tokenizer.from_workdir(--workdir)` (EMA
 weights) and writes `DIR/{split}-p{i}of{n}-{k}.array_record` shards, a
 progress file per process and `DIR/manifest.json` (layout and resumption:
 `tokenizers_jax/data/tokens.py`). Rerunning the same command after a crash

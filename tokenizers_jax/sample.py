@@ -8,8 +8,10 @@ r"""Sample tokens from a trained generator and decode them with its tokenizer.
 The generator's config.json names the tokenizer's workdir (recorded from
 the pretokenized manifest); `--tokenizer_workdir` overrides it. Images go
 to DIR/samples.png (a grid) and DIR/samples.npy (uint8 [N, S, S, 3]);
-audio to DIR/sample_000.wav, ... (soundfile); the token ids always to
-DIR/tokens.npy. Sampling settings default to the config's `sample` block.
+audio to DIR/sample_000.wav, ... (soundfile); EEG windows to
+DIR/samples.npy (float32 [N, C, A*P] in the tokenizer's units, decoded with
+its running signal statistics) and DIR/sample_000.png, ... (plots); the
+token ids always to DIR/tokens.npy. Sampling settings default to the config's `sample` block.
 """
 
 import json
@@ -120,6 +122,20 @@ def run(workdir: str, output: str, *, num: int = 16, batch_size: int = 16,
     grid = tokens_task.sample_grid(images)
     written['grid'] = os.path.join(output, 'samples.png')
     Image.fromarray(grid).save(written['grid'])
+  elif tok.modality == 'eeg':
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    windows = np.concatenate([np.asarray(tok.decode(ids[i:i + batch_size]))
+                              for i in range(0, num, batch_size)])
+    written['samples'] = os.path.join(output, 'samples.npy')
+    np.save(written['samples'], windows.astype(np.float32))
+    written['plots'] = []
+    for i in range(num):
+      plot = tokens_task.eeg_sample_plot(tok, ids[i:i + 1])
+      if plot is None:  # No matplotlib.
+        break
+      path = os.path.join(output, f'sample_{i:03d}.png')
+      Image.fromarray(plot).save(path)
+      written['plots'].append(path)
   else:
     import soundfile  # pylint: disable=g-import-not-at-top
     rate = int(tok.config.data.sample_rate)

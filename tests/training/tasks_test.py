@@ -48,6 +48,12 @@ def test_batch_and_mesh_checks_name_the_key():
   bad.quantizer.name = 'nope'
   with pytest.raises(config_lib.ConfigError, match='quantizer.name'):
     tasks.check_quantizer_name(bad)
+  # Switching quantizers by name alone leaves the old one's keys: named.
+  stale = _config(1, (1, 1, 1))
+  stale.quantizer.update(name='fsq', levels=(8, 5), codebook_size=256)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'quantizer.codebook_size.*FSQ.*levels'):
+    tasks.check_quantizer_name(stale)
 
 
 def test_task_registry():

@@ -424,15 +424,21 @@ class _TrainWindow(grain.transforms.RandomMap):
             'mask': np.arange(start, start + self._n) < valid}
 
 
-class _EvalWindow(grain.transforms.Map):
-  """Window index -> window j of segment i, masked past the valid patches."""
+class TilingWindows:
+  """Random access over the windows that tile a split: window j of segment
+  i is index i * (S / N) + j, {'eeg': float32 [C, N*P], 'mask': bool [N]}
+  (False past the segment's valid patches)."""
 
-  def __init__(self, src, num_patches: int, patch_size: int, per_segment: int):
+  def __init__(self, src, num_patches: int, patch_size: int,
+               segment_patches: int):
     self._src, self._n, self._p = src, num_patches, patch_size
-    self._k = per_segment
+    self._k = segment_patches // num_patches
 
-  def map(self, element):
-    i, j = divmod(int(element), self._k)
+  def __len__(self) -> int:
+    return len(self._src) * self._k
+
+  def __getitem__(self, index: int) -> dict:
+    i, j = divmod(int(index), self._k)
     rec = self._src[i]
     start = j * self._n
     win = np.asarray(rec['eeg'])[:, start * self._p:(start + self._n) * self._p]
@@ -485,10 +491,10 @@ def make_eeg_dataset(source: str = 'synthetic', *, train: bool = True,
     ds = grain.MapDataset.source(src).shuffle(seed=s1).repeat(None)
     ds = ds.random_map(_TrainWindow(num_patches, cfg.patch_size), seed=s2)
   else:
-    k = cfg.segment_patches // num_patches
-    n = len(src) * k
-    ds = grain.MapDataset.range(n).map(
-        _EvalWindow(src, num_patches, cfg.patch_size, k))
+    windows = TilingWindows(src, num_patches, cfg.patch_size,
+                            cfg.segment_patches)
+    n = len(windows)
+    ds = grain.MapDataset.source(windows)
     pad = -n % global_batch_size
     if pad:
       shape = (len(channels), num_patches * cfg.patch_size)

@@ -29,7 +29,16 @@ count) than the unfinished run is refused.
 
 Records are self-describing bytes, no pickle: b'TOK1', a uint32 header
 length, a JSON header {'index', 'flip', 'label', 'shape'} and the int32
-token ids (little endian).
+token ids (little endian). EEG records add to the header the window's two
+signal statistics ('stats', float32 values that `Tokenizer.decode` takes
+for an exact reconstruction) and 'patch_valid' (which of the window's
+patches hold signal; a recording's last window can end in padding).
+
+What an example is, by the tokenizer run's task: an image of its data
+source (centre-cropped), an audio utterance (whole), or an EEG window of
+`data.num_patches` patches (the windows that tile each stored segment, as
+its evaluation reads them; windows that lie wholly in a segment's padding
+hold no signal and are not examples).
 
 Dimension legend:
   B: global batch; b = B / P per process; P: processes
@@ -64,26 +73,44 @@ _SHARD_RE = re.compile(r'^(?P<split>[a-z]+)-p(?P<p>\d{3})of(?P<n>\d{3})-'
 
 
 def encode_record(tokens: np.ndarray, *, index: int, flip: bool = False,
-                  label: int = -1) -> bytes:
-  """One example's token ids (any shape) as record bytes."""
+                  label: int = -1, stats: np.ndarray | None = None,
+                  patch_valid: np.ndarray | None = None) -> bytes:
+  """One example's token ids (any shape) as record bytes (EEG: with the
+  window's `stats` [2] and `patch_valid` bool [A])."""
   tokens = np.ascontiguousarray(tokens, dtype='<i4')
-  header = json.dumps({'index': int(index), 'flip': bool(flip),
-                       'label': int(label),
-                       'shape': list(tokens.shape)}).encode()
+  header = {'index': int(index), 'flip': bool(flip), 'label': int(label),
+            'shape': list(tokens.shape)}
+  if stats is not None:
+    stats = np.asarray(stats, np.float32)
+    if not np.all(np.isfinite(stats)):
+      raise ValueError(f'example {index}: non-finite signal statistics '
+                       f'{stats.tolist()}')
+    # float32 -> float -> JSON (shortest repr) -> float32 is exact.
+    header['stats'] = [float(v) for v in stats.reshape(-1)]
+  if patch_valid is not None:
+    header['patch_valid'] = [bool(v) for v in np.asarray(patch_valid)]
+  header = json.dumps(header).encode()
   return _MAGIC + struct.pack('<I', len(header)) + header + tokens.tobytes()
 
 
 def decode_record(data: bytes) -> dict[str, Any]:
-  """Record bytes -> {'tokens': int32 [*shape], 'label', 'index', 'flip'}."""
+  """Record bytes -> {'tokens': int32 [*shape], 'label', 'index', 'flip'}
+  (+ 'stats' float32 [2], 'patch_valid' bool [A] for EEG)."""
   if data[:4] != _MAGIC:
     raise ValueError('not a token record (bad magic); was this file written '
                      'by tokenizers_jax.pretokenize?')
   (n,) = struct.unpack('<I', data[4:8])
   header = json.loads(data[8:8 + n])
   tokens = np.frombuffer(data[8 + n:], dtype='<i4').reshape(header['shape'])
-  return {'tokens': tokens.astype(np.int32), 'label': np.int32(header['label']),
-          'index': np.int32(header['index']),
-          'flip': np.bool_(header['flip'])}
+  out = {'tokens': tokens.astype(np.int32),
+         'label': np.int32(header['label']),
+         'index': np.int32(header['index']),
+         'flip': np.bool_(header['flip'])}
+  if 'stats' in header:
+    out['stats'] = np.asarray(header['stats'], np.float32)
+  if 'patch_valid' in header:
+    out['patch_valid'] = np.asarray(header['patch_valid'], bool)
+  return out
 
 
 # -----------------------------------------------------------------------------
@@ -229,6 +256,40 @@ class AudioExamples:
     return {'input': x.astype(np.float32), 'label': np.int32(-1)}
 
 
+class EegExamples:
+  """A split of an EEG source as windows {'input': float32 [C, A*P],
+  'mask': bool [A], 'label': -1}: the windows of `data.num_patches` patches
+  that tile every stored segment (the tokenizer's evaluation windows),
+  without those that lie wholly in a segment's padding."""
+
+  num_classes = 0
+
+  def __init__(self, data_cfg, split: str):
+    from tokenizers_jax.data import eeg  # pylint: disable=g-import-not-at-top
+    src, cfg = eeg.get_source(
+        data_cfg['source'], split,
+        dict(data_cfg.get('dataset') or {},
+             channels=tuple(data_cfg['channels'])),
+        data_cfg.get('data_dir'))
+    n = int(data_cfg['num_patches'])
+    if n < 1 or cfg.segment_patches % n:
+      raise ValueError(f'data.num_patches={n} must divide the stored '
+                       f'segment length {cfg.segment_patches}')
+    self._windows = eeg.TilingWindows(src, n, cfg.patch_size,
+                                      cfg.segment_patches)
+    per = cfg.segment_patches // n
+    self._index = [i * per + j for i in range(len(src))
+                   for j in range(per)
+                   if j * n < int(src[i]['valid_patches'])]
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def __getitem__(self, i: int) -> dict:
+    w = self._windows[self._index[int(i)]]
+    return {'input': w['eeg'], 'mask': w['mask'], 'label': np.int32(-1)}
+
+
 def tokenizer_examples(config, split: str):
   """The examples a tokenizer run (its config) was trained and evaluated on."""
   task = config.get('task', 'image')
@@ -238,9 +299,10 @@ def tokenizer_examples(config, split: str):
     return ImageExamples(data, split)
   if task == 'audio':
     return AudioExamples(data, split)
-  raise ValueError(f'pretokenize supports image and audio tokenizers; this '
-                   f'one is {task!r} (EEG tokens need their per-window '
-                   'statistics and have no generator here)')
+  if task == 'eeg':
+    return EegExamples(data, split)
+  raise ValueError(f'pretokenize supports image, audio and EEG tokenizers; '
+                   f'this one is {task!r}')
 
 
 def token_layout(tok, ids: np.ndarray) -> dict:
@@ -248,6 +310,8 @@ def token_layout(tok, ids: np.ndarray) -> dict:
   model = tok.model
   if tok.modality == 'image':
     grid_rank = 1 if getattr(model, 'one_dimensional', False) else 2
+  elif tok.modality == 'eeg':
+    grid_rank = 3  # [C, A, G]: channels, patches, scale branches.
   else:
     grid_rank = 1
   shape = list(ids.shape[1:])
@@ -263,7 +327,8 @@ def token_layout(tok, ids: np.ndarray) -> dict:
       'num_levels': int(rest[0]) if rest else 1,
       'level_kind': ('none' if not rest else
                      'residual' if qname == 'rvq' else 'groups'),
-      'order': ('tokenizer' if grid_rank == 1 else 'raster'),
+      'order': ('raster' if grid_rank == 2 and tok.modality == 'image'
+                else 'tokenizer'),
   }
 
 
@@ -424,6 +489,24 @@ def _encode_shard(tok, examples, idx: list[int], flip: bool,
         if flip:
           records.append(encode_record(ids_f[j], index=i, flip=True,
                                        label=label))
+  elif tok.modality == 'eeg':
+    for start in range(0, len(idx), batch_size):
+      chunk = idx[start:start + batch_size]
+      items = [examples[i] for i in chunk]
+      x = np.stack([it['input'] for it in items])
+      mask = np.stack([it['mask'] for it in items])
+      n = x.shape[0]
+      if n < batch_size:  # One compiled shape: pad with masked blanks.
+        x = np.concatenate([x, np.zeros((batch_size - n,) + x.shape[1:],
+                                        x.dtype)])
+        mask = np.concatenate([mask, np.zeros((batch_size - n,)
+                                              + mask.shape[1:], bool)])
+      ids, stats = tok.encode_with_stats(x, mask)
+      ids, stats = np.asarray(ids)[:n], np.asarray(stats)[:n]
+      layout = layout or token_layout(tok, ids)
+      for j, i in enumerate(chunk):
+        records.append(encode_record(ids[j], index=i, label=-1,
+                                     stats=stats[j], patch_valid=mask[j]))
   else:
     for i in idx:
       item = examples[i]
@@ -469,6 +552,18 @@ def write_manifest(output: str, tok, split: str, *, flip: bool,
   }
   if tok.modality == 'image':
     entry['image_size'] = int(tok.config.data.image_size)
+  elif tok.modality == 'eeg':
+    c, a, g = layout['grid_shape']
+    d = tok.config.data
+    patch = int(model.patch_size)
+    from tokenizers_jax.data import eeg  # pylint: disable=g-import-not-at-top
+    sfreq = float(eeg.SFREQ)  # Every recording is resampled to it.
+    entry['channels'] = list(d.channels)
+    entry['patch_size'] = patch
+    entry['sfreq'] = sfreq
+    entry['window_seconds'] = a * patch / sfreq
+    # Positions per second of signal: C * G per patch of P samples.
+    entry['tokens_per_second'] = c * g * sfreq / patch
   else:
     # Utterances: variable length.
     entry['grid_shape'] = [None]
@@ -561,6 +656,14 @@ class _Crop(grain.transforms.RandomMap):
     return dict(element, tokens=out, valid=valid)
 
 
+def position_valid(tokens: np.ndarray, patch_valid: np.ndarray) -> np.ndarray:
+  """EEG: bool [L] over the positions of tokens [C, A, G, Q] (row-major
+  [C, A, G]) from the window's patch mask [A]."""
+  c, a, g = tokens.shape[:3]
+  return np.broadcast_to(np.asarray(patch_valid, bool)[None, :, None],
+                         (c, a, g)).reshape(-1).copy()
+
+
 class _Keep(grain.transforms.Map):
 
   def __init__(self, mask: bool):
@@ -570,6 +673,8 @@ class _Keep(grain.transforms.Map):
     out = {'tokens': element['tokens'], 'label': element['label']}
     if 'valid' in element:
       out['valid'] = element['valid']
+    elif 'patch_valid' in element:
+      out['valid'] = position_valid(element['tokens'], element['patch_valid'])
     out['mask'] = np.bool_(self._mask)
     return out
 
@@ -601,6 +706,9 @@ def make_token_dataset(directory: str, *, split: str | None = None,
   else:
     crop_seed = 0
   if crop_tokens:
+    if src.manifest.get('modality') == 'eeg':
+      raise ValueError('crop_tokens is for variable-length (audio) tokens; '
+                       'EEG windows have a fixed token shape')
     ds = ds.random_map(_Crop(int(crop_tokens), train), seed=crop_seed)
   ds = ds.map(_Keep(True))
   if not train:
@@ -620,6 +728,8 @@ def _blank(example: dict, crop_tokens: int | None) -> dict:
   out = {'tokens': np.zeros(shape, np.int32), 'label': np.int32(-1)}
   if crop_tokens:
     out['valid'] = np.zeros(shape[:1], bool)
+  elif 'patch_valid' in example:
+    out['valid'] = np.zeros_like(position_valid(t, example['patch_valid']))
   out['mask'] = np.bool_(False)
   return out
 

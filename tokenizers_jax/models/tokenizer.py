@@ -120,7 +120,7 @@ class Tokenizer:
     self._state = state
     if self.modality == 'eeg':
       self._encode_stats = jax.jit(
-          lambda s, x: nnx.merge(graph, s).encode_with_stats(x))
+          lambda s, x, m: nnx.merge(graph, s).encode_with_stats(x, m))
 
   @classmethod
   def from_workdir(cls, workdir: str, *, use_ema: bool = True,
@@ -207,13 +207,20 @@ class Tokenizer:
     return self._encode(self._state, x,
                         None if num_tokens is None else int(num_tokens))
 
-  def encode_with_stats(self, x) -> tuple[Array, Array]:
+  def encode_with_stats(self, x, mask=None) -> tuple[Array, Array]:
     """EEG: (ids, stats [B, 2]); the two floats per window that an exact
-    reconstruction needs besides the tokens (NeuroRVQ)."""
+    reconstruction needs besides the tokens (NeuroRVQ). `mask` bool [B, A]
+    marks the valid patches (the stats ignore the others)."""
     if self.modality != 'eeg':
       raise ValueError(f'encode_with_stats is for EEG tokenizers; this one '
                        f'is {self.modality!r}')
-    return self._encode_stats(self._state, self._check_input(x))
+    x = self._check_input(x)
+    if mask is not None:
+      mask = np.asarray(mask)
+      if mask.dtype != bool:
+        raise TypeError(f'mask must be bool [B, A]; got {mask.dtype}')
+      mask = jnp.asarray(mask)
+    return self._encode_stats(self._state, x, mask)
 
   def decode(self, indices, stats=None) -> Array:
     """Token ids -> images / waveforms in [-1, 1], or EEG (with `stats` from

@@ -169,9 +169,10 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   return results, picture
 
 
-def plot_window(x: np.ndarray, x_hat: np.ndarray, channels, sfreq: float):
+def plot_window(x: np.ndarray, x_hat: np.ndarray | None, channels,
+                sfreq: float):
   """uint8 [H, W, 3] plot of one window (original black, reconstruction
-  red, one row per channel), or None without matplotlib."""
+  red when given, one row per channel), or None without matplotlib."""
   try:
     import matplotlib  # pylint: disable=g-import-not-at-top
     matplotlib.use('Agg')
@@ -184,7 +185,8 @@ def plot_window(x: np.ndarray, x_hat: np.ndarray, channels, sfreq: float):
   t = np.arange(x.shape[-1]) / sfreq
   for i, ax in enumerate(axes[:, 0]):
     ax.plot(t, x[i], 'k', lw=0.7)
-    ax.plot(t, x_hat[i], 'r', lw=0.7)
+    if x_hat is not None:
+      ax.plot(t, x_hat[i], 'r', lw=0.7)
     ax.set_ylabel(channels[i], fontsize=7)
   axes[-1, 0].set_xlabel('s')
   fig.tight_layout()

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import math
 from typing import Any, Callable
 
@@ -112,9 +113,19 @@ def check_quantizer_name(config) -> None:
   q = dict(config.quantizer)
   config_lib.require('name' in q, 'quantizer.name', 'missing')
   try:
-    registry.get_quantizer_class(q['name'])
+    cls = registry.get_quantizer_class(q['name'])
   except ValueError as e:
     raise config_lib.ConfigError(f'config.quantizer.name: {e}') from None
+  params = inspect.signature(cls.__init__).parameters
+  if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+    known = [k for k in params if k not in ('self', 'rngs', 'dim')]
+    unknown = sorted(k for k in q if k != 'name' and k not in params)
+    config_lib.require(
+        not unknown, f'quantizer.{unknown[0] if unknown else ""}',
+        f'{unknown} are not arguments of {cls.__name__} (name='
+        f'{q["name"]!r}; a key left from another quantizer?); it takes '
+        f'{known}. Replace the whole config.quantizer when switching '
+        'quantizers')
 
 
 def check_batch_fits_mesh(config, keys=('global_batch_size',)) -> None:

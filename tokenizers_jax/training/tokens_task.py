@@ -11,12 +11,14 @@ levels, classes, the tokenizer's workdir and step), so the generator's
 config.json describes it without the data.
 
 Batches: {'tokens': int32 [b, *token_shape], 'label': int32 [b], 'mask':
-bool [b]} (+ 'valid': bool [b, T] for audio crops, `data.crop_tokens`).
+bool [b]} (+ 'valid': bool [b, L] for audio crops, `data.crop_tokens`, and
+for EEG windows, whose positions in padding patches are not valid).
 
 Evaluation over the held-out split (the tokenizer's validation split, or
 `eval.split`; audio: the first `data.crop_tokens` tokens of each
 utterance):
-  eval/bits_per_image (audio: eval/bits_per_example, eval/bits_per_second)
+  eval/bits_per_image (audio, EEG: eval/bits_per_example per utterance
+      crop or window, and eval/bits_per_second of signal)
       negative log-likelihood with the null label, in bits: exact for the
       autoregressive model; for MaskGIT the any-order upper bound
       (`models/maskgit.py`), estimated with `eval.elbo_samples` stratified
@@ -27,7 +29,9 @@ utterance):
   MaskGIT also eval/masked_ce (the training objective, fixed key).
 With `eval.inception_path` (images): eval/gfid against the tokenizer's
 validation images and eval/inception_score over `eval.num_fid_samples`
-samples. The picture is a grid of samples decoded by the tokenizer.
+samples. The picture is a grid of samples decoded by the tokenizer (EEG:
+a plot of one sampled window, decoded with the tokenizer's running signal
+statistics).
 
 Dimension legend: B batch; L positions; Q levels; K codebook size.
 """
@@ -293,23 +297,26 @@ def evaluate(trainer, state, config, mesh, *, use_ema: bool = True,
   }
   if facts.num_classes:
     results[f'eval/bits_per_{per}_cond'] = float(totals['nll_cond']) / LN2 / n
-  if facts.modality == 'audio' and facts.tokens_per_second:
+  if facts.modality in ('audio', 'eeg') and facts.tokens_per_second:
     seconds = float(totals['positions']) / facts.tokens_per_second
     results['eval/bits_per_second'] = bits / max(seconds, 1e-9)
   if kind == 'maskgit':
     results['eval/masked_ce'] = float(totals['masked_nll']) / max(
         float(totals['masked_count']), 1.0)
   picture = None
-  tok = load_tokenizer(config) if facts.modality == 'image' else None
+  tok = (load_tokenizer(config) if facts.modality in ('image', 'eeg')
+         else None)
   if tok is not None:
     sampler = make_sampler(trainer, config, mesh, use_ema)
     k = int(config.num_grid_images)
     labels = jnp.asarray(grid_labels(config, k))
     ids = np.asarray(jax.device_get(sampler(state, base_key, labels)))
-    images = np.asarray(tok.decode(ids))
-    picture = sample_grid(images)
-    if _inception_path(config):
-      results.update(generation_metrics(config, tok, sampler, state))
+    if facts.modality == 'eeg':
+      picture = eeg_sample_plot(tok, ids[:1])
+    else:
+      picture = sample_grid(np.asarray(tok.decode(ids)))
+      if _inception_path(config):
+        results.update(generation_metrics(config, tok, sampler, state))
   return results, picture
 
 
@@ -325,6 +332,15 @@ def sample_grid(images: np.ndarray, columns: int | None = None) -> np.ndarray:
     r, c = divmod(i, cols)
     grid[r * s:(r + 1) * s, c * s:(c + 1) * s] = u8[i]
   return grid
+
+
+def eeg_sample_plot(tok, ids: np.ndarray):
+  """uint8 plot of the first sampled EEG window (None without matplotlib)."""
+  from tokenizers_jax.data import eeg  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import eeg_task  # pylint: disable=g-import-not-at-top
+  x = np.asarray(tok.decode(ids[:1]))[0]
+  return eeg_task.plot_window(x, None, list(tok.config.data.channels),
+                              eeg.SFREQ)
 
 
 def _inception_path(config):
