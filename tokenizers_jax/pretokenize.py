@@ -5,8 +5,14 @@ r"""Encode a tokenizer run's dataset into ArrayRecord shards of token ids.
       --split=validation
   python -m tokenizers_jax.pretokenize --workdir=/tmp/vqgan --output=/tmp/tok \
       --flip --batch_size=128
+  # Another dataset than the tokenizer's (any source name its task takes):
+  python -m tokenizers_jax.pretokenize --workdir=/tmp/vqgan --output=/tmp/in \
+      --source=imagenet2012 --data_dir=/data/tfds
+  python -m tokenizers_jax.pretokenize --workdir=/tmp/vqgan --output=/tmp/mine \
+      --source=folder:/data/my_images
 
-Reads the examples of the tokenizer's own `data.source` (images centre-
+Reads the examples of the tokenizer's own `data.source`, or of `--source`
+(prepared the same way: images centre-
 cropped to its image size, labels where the source has them; whole audio
 utterances; EEG windows of `data.num_patches` patches, stored with their
 two signal statistics and patch mask), encodes them with `Tokenizer.from_workdir(--workdir)` (EMA
@@ -32,6 +38,10 @@ def _define_flags():
   the module imports next to other commands)."""
   flags.DEFINE_string('workdir', None, 'Tokenizer training workdir.')
   flags.DEFINE_string('output', None, 'Output directory.')
+  flags.DEFINE_string('source', None,
+                      'Dataset to encode (default: the tokenizer run\'s '
+                      'data.source): a TFDS name, folder:/path, ...')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir of --source.')
   flags.DEFINE_enum('split', 'train', ['train', 'validation'],
                     'Split of the tokenizer run\'s dataset.')
   flags.DEFINE_bool('flip', False,
@@ -50,6 +60,7 @@ def _define_flags():
 
 def run(workdir: str, output: str, *, split: str = 'train', flip: bool = False,
         batch_size: int = 64, shard_size: int = 1024, use_ema: bool = True,
+        source: str | None = None, data_dir: str | None = None,
         log=print) -> dict:
   """The command's work (callable from notebooks and scripts): returns this
   process's statistics and, on process 0, the manifest."""
@@ -60,7 +71,7 @@ def run(workdir: str, output: str, *, split: str = 'train', flip: bool = False,
   tok.workdir = os.path.abspath(workdir)
   stats = tokens_lib.pretokenize(
       tok, output, split=split, flip=flip, batch_size=batch_size,
-      shard_size=shard_size, log=log)
+      shard_size=shard_size, source=source, data_dir=data_dir, log=log)
   log(f'{split}: {stats["records"]} records from {stats["examples"]} '
       f'examples in {stats["seconds"]:.1f} s: '
       f'{stats["examples_per_sec"]:.1f} examples/s, '
@@ -106,7 +117,8 @@ def main(argv):
                                f.process_id, auto=f.distributed_auto)
   stats = run(FLAGS.workdir, FLAGS.output, split=FLAGS.split,
               flip=FLAGS.flip, batch_size=FLAGS.batch_size,
-              shard_size=FLAGS.shard_size, use_ema=not FLAGS.no_ema)
+              shard_size=FLAGS.shard_size, use_ema=not FLAGS.no_ema,
+              source=FLAGS.source, data_dir=FLAGS.data_dir)
   manifest = stats.pop('manifest', None)
   print(json.dumps(stats, indent=2))
   if manifest is not None:

@@ -66,6 +66,39 @@ def test_round_trip_equals_encode(tokens_dir, tok):
   assert manifest['splits']['validation']['count'] == 24
 
 
+def test_another_source_than_the_tokenizers(tok, tmp_path):
+  """--source: a folder of PNGs (16² like the tokenizer's images, so that
+  no resize is involved) is encoded exactly as `tok.encode` encodes the
+  files' pixels; the manifest names the source per split."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  pixels = {}
+  n = 40  # About 4 hash into 'validation' (val_fraction 0.1).
+  for k in range(n):
+    img = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / f'img_{k:02d}.png')
+    pixels[k] = img
+  source = f'folder:{tmp_path}'
+  want = np.asarray(tok.encode(
+      np.stack([pixels[k] for k in range(n)]) / 127.5 - 1.0))
+  out = str(tmp_path / 'tokens')
+  seen = []
+  for split in ('train', 'validation'):
+    tokens_lib.pretokenize(tok, out, split=split, batch_size=8, source=source,
+                           log=QUIET)
+    manifest = tokens_lib.write_manifest(out, tok, split, flip=False,
+                                         num_classes=0)
+    assert manifest['splits'][split]['source'] == source
+    for rec in tokens_lib.iterate_split(out, split):
+      match = [k for k in range(n)
+               if np.array_equal(rec['tokens'], want[k])]
+      assert len(match) == 1, 'a record that no file (or two) encodes to'
+      seen.extend(match)
+  assert sorted(seen) == list(range(n))  # Every file once, over the splits.
+  with pytest.raises(ValueError, match='other settings'):
+    tokens_lib.pretokenize(tok, out, split='train', batch_size=8, log=QUIET)
+
+
 def test_multi_process_layout(tok, tokens_dir, tmp_path):
   out = str(tmp_path / 'two')
   for p in range(2):

@@ -290,11 +290,19 @@ class EegExamples:
     return {'input': w['eeg'], 'mask': w['mask'], 'label': np.int32(-1)}
 
 
-def tokenizer_examples(config, split: str):
-  """The examples a tokenizer run (its config) was trained and evaluated on."""
+def tokenizer_examples(config, split: str, *, source: str | None = None,
+                       data_dir: str | None = None):
+  """The examples a tokenizer run (its config) was trained and evaluated
+  on, or those of another `source` of its modality (the names its task's
+  `data.source` takes: a TFDS name, 'folder:/path', ...) prepared as the
+  tokenizer's own (image size, sample rate, channels, window)."""
   task = config.get('task', 'image')
   data = config.data.to_dict() if hasattr(config.data, 'to_dict') else dict(
       config.data)
+  if source:
+    data['source'] = source
+  if data_dir:
+    data['data_dir'] = data_dir
   if task == 'image':
     return ImageExamples(data, split)
   if task == 'audio':
@@ -361,6 +369,7 @@ def pretokenize(tok, output: str, *, split: str = 'train',
                 flip: bool = False, batch_size: int = 64,
                 shard_size: int = 1024, process_index: int | None = None,
                 process_count: int | None = None,
+                source: str | None = None, data_dir: str | None = None,
                 examples=None, log: Callable[[str], None] = print,
                 stop_after_shards: int | None = None) -> dict:
   """Encodes every example of the tokenizer run's `split` into `output`.
@@ -374,7 +383,10 @@ def pretokenize(tok, output: str, *, split: str = 'train',
     shard_size: examples per shard (the unit of resumption).
     process_index, process_count: this process's share (examples i::n);
       default jax's.
-    examples: the examples (default `tokenizer_examples(tok.config, split)`).
+    source, data_dir: another dataset than the tokenizer's `data.source`
+      (see `tokenizer_examples`).
+    examples: the examples (default `tokenizer_examples(tok.config, split,
+      source=source, data_dir=data_dir)`).
     log: progress lines.
     stop_after_shards: stop after writing that many shards in this call
       (tests).
@@ -389,14 +401,18 @@ def pretokenize(tok, output: str, *, split: str = 'train',
   if flip and tok.modality != 'image':
     raise ValueError('--flip is for image tokenizers')
   if examples is None:
-    examples = tokenizer_examples(tok.config, split)
+    examples = tokenizer_examples(tok.config, split, source=source,
+                                  data_dir=data_dir)
+  if not source and tok.config is not None:
+    source = tok.config.data.get('source')
   os.makedirs(output, exist_ok=True)
   n_total = len(examples)
   mine = list(range(process_index, n_total, process_count))
   num_shards = max(1, math.ceil(len(mine) / shard_size))
   settings = {'split': split, 'flip': bool(flip), 'shard_size': shard_size,
               'process_index': process_index, 'process_count': process_count,
-              'num_examples': n_total, 'tokenizer_workdir': tok_workdir(tok),
+              'num_examples': n_total, 'source': source,
+              'tokenizer_workdir': tok_workdir(tok),
               'tokenizer_step': tok.step}
   prog_path = os.path.join(output, progress_name(split, process_index,
                                                  process_count))
@@ -525,7 +541,7 @@ def write_manifest(output: str, tok, split: str, *, flip: bool,
   progs = sorted(glob.glob(os.path.join(output, f'{split}-p*.progress.json')))
   if not progs:
     raise FileNotFoundError(f'no progress files for {split!r} in {output}')
-  shards, layout = {}, None
+  shards, layout, sources = {}, None, set()
   for path in progs:
     with open(path) as f:
       prog = json.load(f)
@@ -533,6 +549,10 @@ def write_manifest(output: str, tok, split: str, *, flip: bool,
       raise ValueError(f'{path}: that process has not finished {split!r}')
     shards.update(prog['shard_counts'])
     layout = layout or prog.get('layout')
+    sources.add(prog['settings'].get('source'))
+  if len(sources) > 1:
+    raise ValueError(f'{output}: the processes of {split!r} encoded other '
+                     f'sources ({sorted(map(str, sources))})')
   if layout is None:
     first = shard_paths(output, split)[0]
     from array_record.python import array_record_module as ar  # pylint: disable=g-import-not-at-top
@@ -590,6 +610,7 @@ def write_manifest(output: str, tok, split: str, *, flip: bool,
       labels.add(int(decode_record(src[i])['label']))
   splits = dict(manifest.get('splits', {}))
   splits[split] = {'count': int(sum(shards.values())), 'flip': bool(flip),
+                   'source': sources.pop(),
                    'labels': sorted(l for l in labels if l >= 0),
                    'shards': dict(sorted(shards.items()))}
   manifest.update(entry, splits=splits, **(extra or {}))

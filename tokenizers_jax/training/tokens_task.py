@@ -27,8 +27,8 @@ utterance):
   eval/bits_per_image_cond with the examples' labels (labelled data),
   eval/uniform_bits_per_image = L Q log2 K (the raw tokens' size);
   MaskGIT also eval/masked_ce (the training objective, fixed key).
-With `eval.inception_path` (images): eval/gfid against the tokenizer's
-validation images and eval/inception_score over `eval.num_fid_samples`
+With `eval.inception_path` (images): eval/gfid against the validation
+split's images (those that were pretokenized) and eval/inception_score over `eval.num_fid_samples`
 samples. The picture is a grid of samples decoded by the tokenizer (EEG:
 a plot of one sampled window, decoded with the tokenizer's running signal
 statistics).
@@ -84,6 +84,9 @@ def token_facts(manifest: dict, crop_tokens: int = 0) -> dict:
       'tokenizer_workdir': manifest['tokenizer_workdir'] or '',
       'tokenizer_step': int(manifest['tokenizer_step'] or 0),
       'tokens_per_second': float(manifest.get('tokens_per_second', 0.0)),
+      # The dataset the held-out tokens came from (gFID's real images).
+      'validation_source': manifest['splits'].get('validation', {}).get(
+          'source') or '',
   }
   return facts
 
@@ -352,7 +355,7 @@ _REAL_STATS: dict[tuple, Any] = {}
 
 
 def generation_metrics(config, tok, sampler, state) -> dict:
-  """gFID against the tokenizer's validation images and the Inception
+  """gFID against the validation split's images and the Inception
   Score, over `eval.num_fid_samples` samples."""
   from tokenizers_jax.evaluators import fid as fid_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.evaluators import generation as gen_metrics  # pylint: disable=g-import-not-at-top
@@ -361,15 +364,19 @@ def generation_metrics(config, tok, sampler, state) -> dict:
   net = image_task.load_inception(path)
   classifier = gen_metrics.load_classifier(path)
   bsz = int(config.data.eval_batch_size)
-  real = _REAL_STATS.get((path, config.tokens.tokenizer_workdir))
+  cache_key = (path, config.tokens.tokenizer_workdir,
+               config.tokens.get('validation_source', ''))
+  real = _REAL_STATS.get(cache_key)
   if real is None:
     real = fid_lib.FeatureStats(2048)
-    examples = tokens_lib.tokenizer_examples(tok.config, 'validation')
+    examples = tokens_lib.tokenizer_examples(
+        tok.config, 'validation',
+        source=config.tokens.get('validation_source') or None)
     for start in range(0, len(examples), bsz):
       x = np.stack([examples[i]['input'] for i in
                     range(start, min(start + bsz, len(examples)))])
       real.add(np.asarray(net.features(x)))
-    _REAL_STATS[(path, config.tokens.tokenizer_workdir)] = real
+    _REAL_STATS[cache_key] = real
   fake = fid_lib.FeatureStats(2048)
   logits = []
   num = int(config.eval.num_fid_samples)
