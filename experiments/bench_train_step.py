@@ -33,6 +33,16 @@ Usage:
   python experiments/bench_train_step.py --vs_taming --cases small,f16
   python experiments/bench_train_step.py --configs tiny --batch 32 --steps 20
   python experiments/bench_train_step.py --configs tiny --bf16
+  python experiments/bench_train_step.py --options_ab --cases small \
+      --options 'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
+
+With `--options_ab`, our step of each `--cases` case is compiled once with
+XLA's defaults and once per `--options` entry (';'-separated sets of
+comma-separated XLA compiler options, name=value, as `XLA_FLAGS` takes them
+without the leading dashes), the variants run in alternating blocks from the
+same initial state, and the medians print with the largest parameter
+difference from the default after the timed steps (0: bitwise the same
+program results).
 """
 
 from __future__ import annotations
@@ -272,6 +282,95 @@ def vs_taming(case: str, blocks: int, steps_per_block: int) -> dict:
               torch_threads=torch.get_num_threads())
 
 
+def parse_options(text: str) -> dict:
+  """'a=true,b=2,c=X' -> {'a': True, 'b': 2, 'c': 'X'} (XLA compiler
+  options; XLA wants booleans and integers typed)."""
+  out = {}
+  for item in filter(None, (t.strip() for t in text.split(','))):
+    name, sep, value = item.partition('=')
+    if not sep or not name:
+      raise SystemExit(f'--options: {item!r} is not name=value')
+    if value.lower() in ('true', 'false'):
+      value = value.lower() == 'true'
+    elif value.lstrip('-').isdigit():
+      value = int(value)
+    out[name.lstrip('-')] = value
+  return out
+
+
+def options_ab(case: str, option_sets: list[dict], blocks: int,
+               steps_per_block: int) -> list[dict]:
+  """Our `case` step under each XLA option set, alternating blocks."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = matched_config(case)
+  batch, size = config.data.global_batch_size, config.data.image_size
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (batch, size, size, 3)).astype(np.float32)
+  mesh = train_lib.make_mesh(config)
+  variants = [{}] + option_sets
+  with jax.set_mesh(mesh):
+    trainer, state, state_sh = steps_lib.create(config, mesh)
+    data_sh = train_lib.batch_sharding(mesh)
+    batch_arr = {'image': jax.device_put(images, data_sh)}
+    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
+                 in_shardings=(state_sh, data_sh),
+                 out_shardings=(state_sh, None), donate_argnums=0)
+    lowered = fn.lower(state, batch_arr)
+    runs = []
+    for opts in variants:
+      t0 = time.perf_counter()
+      compiled = lowered.compile(compiler_options=opts or None)
+      runs.append(dict(options=opts, compiled=compiled, times=[],
+                       compile_s=time.perf_counter() - t0,
+                       state=jax.tree.map(lambda a: a.copy(), state)))
+    for r in runs:  # Warm-up.
+      r['state'], m = r['compiled'](r['state'], batch_arr)
+      jax.block_until_ready(m)
+    for _ in range(blocks):
+      for r in runs:
+        for _ in range(steps_per_block):
+          t = time.perf_counter()
+          r['state'], m = r['compiled'](r['state'], batch_arr)
+          jax.block_until_ready(m)
+          r['times'].append(time.perf_counter() - t)
+    base = jax.tree.leaves(runs[0]['state']['gen']['params'])
+    out = []
+    for r in runs:
+      leaves = jax.tree.leaves(r['state']['gen']['params'])
+      diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+                 for a, b in zip(base, leaves))
+      out.append(dict(case=case, options=r['options'],
+                      step_s=float(np.median(r['times'])),
+                      compile_s=r['compile_s'], max_param_diff=diff))
+  return out
+
+
+def main_options_ab(args):
+  import jax  # pylint: disable=g-import-not-at-top
+  from bench_quantizers import cpu_model  # pylint: disable=g-import-not-at-top
+  dev = jax.devices()[0]
+  option_sets = [parse_options(t) for t in args.options.split(';')]
+  print(f'# {cpu_model() if dev.platform == "cpu" else dev.device_kind}, '
+        f'jax {jax.__version__}; medians over {args.blocks} alternating '
+        f'blocks of {args.steps} steps; parameter difference after '
+        f'{1 + args.blocks * args.steps} steps')
+  print('| case | XLA options | ms/step | vs default | max abs param diff '
+        '| compile s |')
+  print('|' + '---|' * 6)
+  for case in args.cases.split(','):
+    if case not in VS_TAMING:
+      raise SystemExit(f'unknown case {case!r}; known: {sorted(VS_TAMING)}')
+    rows = options_ab(case, option_sets, args.blocks, args.steps)
+    for r in rows:
+      opts = ', '.join(f'{k}={v}' for k, v in r['options'].items())
+      print(f"| {case} | {opts or 'default'} | {r['step_s'] * 1e3:.0f} "
+            f"| {rows[0]['step_s'] / r['step_s']:.2f}x "
+            f"| {r['max_param_diff']:.1e} | {r['compile_s']:.0f} |",
+            flush=True)
+
+
 def main_vs_taming(args):
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
@@ -317,7 +416,15 @@ def main(argv=None):
                       help='--vs_taming cases: small, f16')
   parser.add_argument('--blocks', type=int, default=3,
                       help='--vs_taming: alternating blocks')
+  parser.add_argument('--options_ab', action='store_true',
+                      help='time XLA compiler option sets (see above)')
+  parser.add_argument('--options', default=(
+      'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT;'
+      'xla_cpu_use_onednn=true'),
+                      help="--options_ab: ';'-separated option sets")
   args = parser.parse_args(argv)
+  if args.options_ab:
+    return main_options_ab(args)
   if args.vs_taming:
     return main_vs_taming(args)
 

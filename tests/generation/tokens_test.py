@@ -123,8 +123,14 @@ def test_resume_refuses_other_settings(tok, tmp_path):
                          stop_after_shards=1)
   with pytest.raises(ValueError, match='other settings'):
     tokens_lib.pretokenize(tok, out, shard_size=4, log=QUIET)
+  # What a kill during a shard or progress write leaves behind.
+  stale = [tokens_lib.shard_name('train', 1, 0, 1) + '.tmp99999',
+           tokens_lib.progress_name('train', 0, 1) + '.tmp99999']
+  for name in stale:
+    open(os.path.join(out, name), 'w').close()
   stats = tokens_lib.pretokenize(tok, out, shard_size=8, log=QUIET)
   assert stats['complete'] and stats['examples'] == 16  # 24 - the first 8.
+  assert not [n for n in os.listdir(out) if '.tmp' in n]
 
 
 def test_kill_9_then_resume_loses_and_repeats_nothing(tokenizer_dir,

@@ -129,6 +129,11 @@ def progress_name(split: str, process_index: int, process_count: int) -> str:
 
 
 def _write_json_atomic(path: str, obj) -> None:
+  """Writes to a temporary name, then renames. Each of these files has one
+  writer (a process's progress file; process 0's manifest), so temporary
+  files of `path` left by a killed writer are removed first."""
+  for stale in glob.glob(glob.escape(path) + '.tmp*'):
+    os.remove(stale)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
