@@ -153,6 +153,10 @@ def generator(gen: str, name: str, tok_data: str) -> dict:
   t0 = time.time()
   final = train_lib.train_and_evaluate(config, workdir)
   minutes = (time.time() - t0) / 60
+  if 'eval/bits_per_image' not in final:  # Trained before; evaluate it.
+    final = evaluate_split(workdir, config.eval.get('split', None)
+                           or 'validation')
+    minutes = float('nan')
   grids = {}
   scales = [float(g) for g in FLAGS.guidance] if gen == 'ar' else [1.0]
   for w in scales:
