@@ -184,6 +184,31 @@ def matched_config(case: str):
   return c
 
 
+def case_inputs(case: str):
+  """A `VS_TAMING` case's config, its synthetic images [B, H, W, 3] and mesh."""
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  config = matched_config(case)
+  batch, size = config.data.global_batch_size, config.data.image_size
+  images = np.random.default_rng(0).uniform(
+      -1, 1, (batch, size, size, 3)).astype(np.float32)
+  return config, images, train_lib.make_mesh(config)
+
+
+def lower_train_step(config, images: np.ndarray, mesh):
+  """Inside `jax.set_mesh(mesh)`: the initial state, the batch and our train
+  step lowered as `train.py` jits it (state shardings, donated state)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
+  trainer, state, state_sh = steps_lib.create(config, mesh)
+  data_sh = train_lib.batch_sharding(mesh)
+  batch_arr = {'image': jax.device_put(images, data_sh)}
+  fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
+               in_shardings=(state_sh, data_sh),
+               out_shardings=(state_sh, None), donate_argnums=0)
+  return state, batch_arr, fn.lower(state, batch_arr)
+
+
 def taming_step(config, images: np.ndarray):
   """A closure running one taming-transformers train step (generator then
   discriminator update) on `images` [B, H, W, 3], and its parameter count."""
@@ -238,22 +263,12 @@ def taming_step(config, images: np.ndarray):
 def vs_taming(case: str, blocks: int, steps_per_block: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = matched_config(case)
+  config, images, mesh = case_inputs(case)
   batch, size = config.data.global_batch_size, config.data.image_size
-  images = np.random.default_rng(0).uniform(
-      -1, 1, (batch, size, size, 3)).astype(np.float32)
-  mesh = train_lib.make_mesh(config)
   with jax.set_mesh(mesh):
-    trainer, state, state_sh = steps_lib.create(config, mesh)
-    data_sh = train_lib.batch_sharding(mesh)
-    batch_arr = {'image': jax.device_put(images, data_sh)}
-    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
-                 in_shardings=(state_sh, data_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
+    state, batch_arr, lowered = lower_train_step(config, images, mesh)
     t0 = time.perf_counter()
-    compiled = fn.lower(state, batch_arr).compile()
+    compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     ours_params = sum(int(np.prod(x.shape)) for x in
                       jax.tree.leaves(state['gen']['params']))
@@ -302,22 +317,10 @@ def options_ab(case: str, option_sets: list[dict], blocks: int,
                steps_per_block: int) -> list[dict]:
   """Our `case` step under each XLA option set, alternating blocks."""
   import jax  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = matched_config(case)
-  batch, size = config.data.global_batch_size, config.data.image_size
-  images = np.random.default_rng(0).uniform(
-      -1, 1, (batch, size, size, 3)).astype(np.float32)
-  mesh = train_lib.make_mesh(config)
+  config, images, mesh = case_inputs(case)
   variants = [{}] + option_sets
   with jax.set_mesh(mesh):
-    trainer, state, state_sh = steps_lib.create(config, mesh)
-    data_sh = train_lib.batch_sharding(mesh)
-    batch_arr = {'image': jax.device_put(images, data_sh)}
-    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
-                 in_shardings=(state_sh, data_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
-    lowered = fn.lower(state, batch_arr)
+    state, batch_arr, lowered = lower_train_step(config, images, mesh)
     runs = []
     for opts in variants:
       t0 = time.perf_counter()

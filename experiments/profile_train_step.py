@@ -159,26 +159,16 @@ def profile(case: str, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   from jax.profiler import ProfileData  # pylint: disable=g-import-not-at-top
   import bench_train_step as bench  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
-  config = bench.matched_config(case)
+  config, images, mesh = bench.case_inputs(case)
   batch, size = config.data.global_batch_size, config.data.image_size
-  images = np.random.default_rng(0).uniform(
-      -1, 1, (batch, size, size, 3)).astype(np.float32)
   classes = scoped_classes()
   attn_names = {c.__name__ for c in classes[2:] if 'attn' in
                 c.__name__.lower()}
   quant_names = {c.__name__ for c in classes} - attn_names - {
       'GroupNorm', 'BatchNorm'}
-  mesh = train_lib.make_mesh(config)
   with jax.set_mesh(mesh), named_modules(classes):
-    trainer, state, state_sh = steps_lib.create(config, mesh)
-    data_sh = train_lib.batch_sharding(mesh)
-    x = {'image': jax.device_put(images, data_sh)}
-    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
-                 in_shardings=(state_sh, data_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
-    compiled = fn.lower(state, x).compile()
+    state, x, lowered = bench.lower_train_step(config, images, mesh)
+    compiled = lowered.compile()
     scopes = instruction_scopes(compiled.as_text())
     state, m = compiled(state, x)
     jax.block_until_ready(m)
