@@ -156,7 +156,7 @@ def generator(gen: str, name: str, tok_data: str) -> dict:
   if 'eval/bits_per_image' not in final:  # Trained before; evaluate it.
     final = evaluate_split(workdir, config.eval.get('split', None)
                            or 'validation')
-    minutes = float('nan')
+    minutes = None  # Not timed here.
   grids = {}
   scales = [float(g) for g in FLAGS.guidance] if gen == 'ar' else [1.0]
   for w in scales:
@@ -192,12 +192,13 @@ def table(results) -> str:
     shape = 'x'.join(str(s) for s in r['token_shape'])
     train_bits = (f'{r["train_split/bits_per_image"]:.1f}'
                   if 'train_split/bits_per_image' in r else '—')
+    minutes = '—' if r['minutes'] is None else f'{r["minutes"]:.1f}'
     lines.append(
         f'| {r["tokenizer"]} | {shape} of {r["codebook_size"]} | '
         f'{r["eval/uniform_bits_per_image"]:.0f} | {r["generator"]} | '
         f'{r["steps"]} | {r["eval/bits_per_image"]:.1f} | '
         f'{r["eval/bits_per_token"]:.3f} | '
-        f'{train_bits} | {r["minutes"]:.1f} |')
+        f'{train_bits} | {minutes} |')
   return '\n'.join(lines)
 
 

@@ -129,11 +129,6 @@ def progress_name(split: str, process_index: int, process_count: int) -> str:
 
 
 def _write_json_atomic(path: str, obj) -> None:
-  """Writes to a temporary name, then renames. Each of these files has one
-  writer (a process's progress file; process 0's manifest), so temporary
-  files of `path` left by a killed writer are removed first."""
-  for stale in glob.glob(glob.escape(path) + '.tmp*'):
-    os.remove(stale)
   tmp = f'{path}.tmp{os.getpid()}'
   with open(tmp, 'w') as f:
     json.dump(obj, f, indent=2)
@@ -434,9 +429,13 @@ def pretokenize(tok, output: str, *, split: str = 'train',
           'settings')
     counts = dict(prev.get('shard_counts', {}))
     prev_layout = prev.get('layout')
-  for tmp in glob.glob(os.path.join(
-      output, f'{split}-p{process_index:03d}of{process_count:03d}-*.tmp*')):
-    os.remove(tmp)  # Partial shards of a killed run.
+  # Partial shards and progress files of a killed run of this process (once
+  # here, not per write: each write would list the whole output folder).
+  prefix = glob.escape(
+      f'{split}-p{process_index:03d}of{process_count:03d}')
+  for tmp in glob.glob(os.path.join(glob.escape(output),
+                                    f'{prefix}[-.]*.tmp*')):
+    os.remove(tmp)
   done = {os.path.basename(p) for p in shard_paths(output, split)}
   layout = prev_layout
   t0, n_rec, n_ex, n_shards = time.time(), 0, 0, 0
@@ -619,6 +618,8 @@ def write_manifest(output: str, tok, split: str, *, flip: bool,
                    'labels': sorted(l for l in labels if l >= 0),
                    'shards': dict(sorted(shards.items()))}
   manifest.update(entry, splits=splits, **(extra or {}))
+  for tmp in glob.glob(glob.escape(path) + '.tmp*'):
+    os.remove(tmp)  # A killed manifest write (process 0 is its one writer).
   _write_json_atomic(path, manifest)
   return manifest
 
