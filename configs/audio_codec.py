@@ -54,6 +54,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 1200
   c.mixed_precision = False
+  # True: the train step's convolutions on XLA:CPU's own kernels
+  # (training/core.py FAST_CPU_OPTIONS; faster, other last bits).
+  c.xla_fast_cpu = False
   c.data = dict(source='espeak_speech', sample_rate=16000, crop_seconds=0.5,
                 global_batch_size=16, eval_batch_size=16,
                 num_sentences=600,

@@ -41,6 +41,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.model_name = 'neurorvq'
   c.total_steps = 1500
   c.mixed_precision = False
+  # True: the train step's convolutions on XLA:CPU's own kernels
+  # (training/core.py FAST_CPU_OPTIONS; faster, other last bits).
+  c.xla_fast_cpu = False
   c.data = dict(
       source='synthetic',  # or 'folder:/path/to/recordings'
       channels=('Fp1', 'C3', 'C4', 'O1'),

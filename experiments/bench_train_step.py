@@ -73,12 +73,14 @@ def matmul_peak_gflops(dtype, n: int = 4096, runs: int = 5) -> float:
   return 2 * n ** 3 / float(np.median(times)) / 1e9
 
 
-def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
+def bench_config(variant: str, batch: int, steps: int, bf16: bool,
+                 fast_cpu: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.losses.perceptual import LPIPS  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import core  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
                              'configs', 'vqgan.py')
@@ -88,6 +90,7 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
   use_lpips = config.loss.perceptual_weight > 0
   config.loss.perceptual_weight = 0.0       # built below with random weights
   config.loss.disc_start = 0                # time the full GAN step
+  config.xla_fast_cpu = fast_cpu
   mesh = train_lib.make_mesh(config)
   with jax.set_mesh(mesh):
     trainer, state, state_sh = steps_lib.create(config, mesh)
@@ -99,9 +102,9 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
         -1, 1, (batch, size, size, 3)).astype(np.float32)
     data_sh = train_lib.batch_sharding(mesh)
     batch_arr = {'image': jax.device_put(images, data_sh)}
-    fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
-                 in_shardings=(state_sh, data_sh),
-                 out_shardings=(state_sh, None), donate_argnums=0)
+    fn = core.jit_train_step(
+        config, lambda s, b: steps_lib.train_step(trainer, s, b), state_sh,
+        data_sh)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
@@ -125,7 +128,8 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool) -> dict:
                    jax.tree.leaves(state['gen']['params']))
   del jnp
   return {
-      'config': variant + (',bf16' if bf16 else ''),
+      'config': variant + (',bf16' if bf16 else '')
+                + (' (xla_fast_cpu)' if fast_cpu else ''),
       'batch': batch,
       'image_size': size,
       'gen_params_m': num_params / 1e6,
@@ -196,16 +200,18 @@ def case_inputs(case: str):
 
 def lower_train_step(config, images: np.ndarray, mesh):
   """Inside `jax.set_mesh(mesh)`: the initial state, the batch and our train
-  step lowered as `train.py` jits it (state shardings, donated state)."""
+  step lowered as `train.py` jits it (state shardings, donated state, the
+  XLA options of `config.xla_fast_cpu`)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.training import core  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   trainer, state, state_sh = steps_lib.create(config, mesh)
   data_sh = train_lib.batch_sharding(mesh)
   batch_arr = {'image': jax.device_put(images, data_sh)}
-  fn = jax.jit(lambda s, b: steps_lib.train_step(trainer, s, b),
-               in_shardings=(state_sh, data_sh),
-               out_shardings=(state_sh, None), donate_argnums=0)
+  fn = core.jit_train_step(
+      config, lambda s, b: steps_lib.train_step(trainer, s, b), state_sh,
+      data_sh)
   return state, batch_arr, fn.lower(state, batch_arr)
 
 
@@ -260,39 +266,47 @@ def taming_step(config, images: np.ndarray):
   return step, sum(p.numel() for p in gen.parameters())
 
 
-def vs_taming(case: str, blocks: int, steps_per_block: int) -> dict:
+def vs_taming(case: str, blocks: int, steps_per_block: int,
+              modes: tuple[str, ...] = ('default', 'fast')) -> dict:
+  """Our step of `case` under each mode ('default': XLA's defaults; 'fast':
+  `config.xla_fast_cpu`) and taming's, in alternating blocks; medians."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   config, images, mesh = case_inputs(case)
   batch, size = config.data.global_batch_size, config.data.image_size
+  runners, compile_s = {}, {}
   with jax.set_mesh(mesh):
-    state, batch_arr, lowered = lower_train_step(config, images, mesh)
-    t0 = time.perf_counter()
-    compiled = lowered.compile()
-    compile_s = time.perf_counter() - t0
+    for mode in modes:
+      config.xla_fast_cpu = mode == 'fast'
+      state, batch_arr, lowered = lower_train_step(config, images, mesh)
+      t0 = time.perf_counter()
+      compiled = lowered.compile()
+      compile_s[mode] = time.perf_counter() - t0
+      holder = {'state': state}
+
+      def ours(holder=holder, compiled=compiled, batch_arr=batch_arr):
+        holder['state'], metrics = compiled(holder['state'], batch_arr)
+        jax.block_until_ready(metrics)
+
+      runners[mode] = ours
     ours_params = sum(int(np.prod(x.shape)) for x in
                       jax.tree.leaves(state['gen']['params']))
     peer, peer_params = taming_step(config, images)
-    holder = {'state': state}
-
-    def ours():
-      holder['state'], metrics = compiled(holder['state'], batch_arr)
-      jax.block_until_ready(metrics)
-
-    ours()
-    peer()  # Warm-up of both.
-    times = {'ours': [], 'taming': []}
+    runners['taming'] = peer
+    for fn_ in runners.values():  # Warm-up of each.
+      fn_()
+    times = {name: [] for name in runners}
     for _ in range(blocks):
-      for name, fn_ in (('ours', ours), ('taming', peer)):
+      for name, fn_ in runners.items():
         for _ in range(steps_per_block):
           t = time.perf_counter()
           fn_()
           times[name].append(time.perf_counter() - t)
-  ours_s = float(np.median(times['ours']))
-  peer_s = float(np.median(times['taming']))
-  return dict(case=case, image_size=size, batch=batch, ours_s=ours_s,
-              taming_s=peer_s, ratio=peer_s / ours_s, compile_s=compile_s,
-              ours_params_m=ours_params / 1e6,
+  med = {name: float(np.median(t)) for name, t in times.items()}
+  return dict(case=case, image_size=size, batch=batch,
+              ours_s={m: med[m] for m in modes}, taming_s=med['taming'],
+              ratio={m: med['taming'] / med[m] for m in modes},
+              compile_s=compile_s, ours_params_m=ours_params / 1e6,
               taming_params_m=peer_params / 1e6,
               torch_threads=torch.get_num_threads())
 
@@ -301,7 +315,13 @@ def parse_options(text: str) -> dict:
   """'a=true,b=2,c=X' -> {'a': True, 'b': 2, 'c': 'X'} (XLA compiler
   options; XLA wants booleans and integers typed)."""
   out = {}
+  items = []
   for item in filter(None, (t.strip() for t in text.split(','))):
+    if '=' not in item and items:  # 'a=X,Y': one option, a list value.
+      items[-1] += ',' + item
+    else:
+      items.append(item)
+  for item in items:
     name, sep, value = item.partition('=')
     if not sep or not name:
       raise SystemExit(f'--options: {item!r} is not name=value')
@@ -379,31 +399,39 @@ def main_vs_taming(args):
   import torch  # pylint: disable=g-import-not-at-top
   from bench_quantizers import cpu_model  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
+  modes = tuple(m for m in args.modes.split(',') if m)
+  if not modes or set(modes) - {'default', 'fast'}:
+    raise SystemExit(f"--modes: 'default' and/or 'fast', not {args.modes!r}")
   print(f'# {cpu_model() if dev.platform == "cpu" else dev.device_kind}, '
         f'jax {jax.__version__} ({jax.device_count()} {dev.platform} '
         f'device(s)), torch {torch.__version__} '
         f'({torch.get_num_threads()} threads); XLA_FLAGS='
         f'{os.environ.get("XLA_FLAGS", "")!r}; medians over {args.blocks} '
-        f'alternating blocks of {args.steps} steps')
+        f'alternating blocks of {args.steps} steps; fast = config.xla_fast_cpu')
   rows = []
   for case in args.cases.split(','):
     if case not in VS_TAMING:
       raise SystemExit(f'unknown case {case!r}; known: {sorted(VS_TAMING)}')
-    r = vs_taming(case, args.blocks, args.steps)
+    r = vs_taming(case, args.blocks, args.steps, modes)
     rows.append(r)
-    print(f"#   {case}: ours {r['ours_s'] * 1e3:.0f} ms, taming "
-          f"{r['taming_s'] * 1e3:.0f} ms, ratio {r['ratio']:.2f}; G params "
-          f"{r['ours_params_m']:.2f} M / {r['taming_params_m']:.2f} M",
+    ours = ', '.join(f"{m} {r['ours_s'][m] * 1e3:.0f} ms (ratio "
+                     f"{r['ratio'][m]:.2f})" for m in modes)
+    print(f"#   {case}: ours {ours}; taming {r['taming_s'] * 1e3:.0f} ms; "
+          f"G params {r['ours_params_m']:.2f} M / {r['taming_params_m']:.2f} M",
           flush=True)
   print()
-  print('| case | image | batch | G params (M) | ours ms/step | taming ms/step '
-        '| taming / ours | compile s |')
-  print('|' + '---|' * 8)
+  print('| case | image | batch | G params (M) | '
+        + ' | '.join(f'ours ms/step ({m})' for m in modes)
+        + ' | taming ms/step | '
+        + ' | '.join(f'taming / ours ({m})' for m in modes) + ' | compile s |')
+  print('|' + '---|' * (6 + 2 * len(modes)))
   for r in rows:
     print(f"| {r['case']} | {r['image_size']}² | {r['batch']} "
-          f"| {r['ours_params_m']:.2f} | {r['ours_s'] * 1e3:.0f} "
-          f"| {r['taming_s'] * 1e3:.0f} | {r['ratio']:.2f} "
-          f"| {r['compile_s']:.0f} |")
+          f"| {r['ours_params_m']:.2f} | "
+          + ' | '.join(f"{r['ours_s'][m] * 1e3:.0f}" for m in modes)
+          + f" | {r['taming_s'] * 1e3:.0f} | "
+          + ' | '.join(f"{r['ratio'][m]:.2f}" for m in modes)
+          + f" | {max(r['compile_s'].values()):.0f} |")
 
 
 def main(argv=None):
@@ -419,6 +447,11 @@ def main(argv=None):
                       help='--vs_taming cases: small, f16')
   parser.add_argument('--blocks', type=int, default=3,
                       help='--vs_taming: alternating blocks')
+  parser.add_argument('--modes', default='default,fast',
+                      help="--vs_taming: our step under XLA's defaults "
+                           "and/or config.xla_fast_cpu ('default,fast')")
+  parser.add_argument('--fast_cpu', action='store_true',
+                      help='config bench: config.xla_fast_cpu=True')
   parser.add_argument('--options_ab', action='store_true',
                       help='time XLA compiler option sets (see above)')
   parser.add_argument('--options', default=(
@@ -445,7 +478,8 @@ def main(argv=None):
   rows = []
   for variant in args.configs.split(','):
     batch = args.batch or defaults.get(variant, 8)
-    r = bench_config(variant, batch, args.steps, args.bf16)
+    r = bench_config(variant, batch, args.steps, args.bf16,
+                     args.fast_cpu)
     r['gflops_per_s'] = r['flops'] / r['step_s'] / 1e9
     r['mfu'] = r['gflops_per_s'] / peak
     rows.append(r)

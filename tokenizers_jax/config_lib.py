@@ -90,6 +90,9 @@ def image_base_config() -> ml_collections.ConfigDict:
   c.model_name = 'vqgan'
   c.total_steps = 1000
   c.mixed_precision = False
+  # True: the train step's convolutions on XLA:CPU's own kernels
+  # (training/core.py FAST_CPU_OPTIONS; faster, other last bits).
+  c.xla_fast_cpu = False
   c.data = dict(source='skimage_photos', image_size=32, global_batch_size=16,
                 data_dir=ml_collections.FieldReference(None, field_type=str),
                 random_flip=True, eval_batch_size=32)

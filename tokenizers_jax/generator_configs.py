@@ -17,6 +17,9 @@ def base_config(model_name: str) -> ml_collections.ConfigDict:
   c.seed = 0
   c.total_steps = 2000
   c.mixed_precision = False
+  # True: the train step's convolutions on XLA:CPU's own kernels
+  # (training/core.py FAST_CPU_OPTIONS; faster, other last bits).
+  c.xla_fast_cpu = False
   c.data = dict(
       # The output directory of `python -m tokenizers_jax.pretokenize`.
       dir=ml_collections.FieldReference(None, field_type=str),

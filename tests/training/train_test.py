@@ -10,6 +10,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -102,6 +103,56 @@ def test_eight_devices_match_one_device(single_device_trainer):
     for k in ('train/loss', 'train/recon', 'train/d_loss', 'quant/usage'):
       np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
   for a, b in zip(jax.tree.leaves(jax.device_get(s1)), jax.tree.leaves(jax.device_get(s8))):
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
+
+
+def _ynn_convolutions(compiled) -> int:
+  """YNNPACK fusions of the compiled program that hold a convolution (1x1
+  convolutions that XLA rewrites to dots do not count)."""
+  text = compiled.as_text()
+  bodies = dict(re.findall(r'\n%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}', text,
+                           flags=re.S))
+  called = re.findall(r'%?ynn_fusion[\w.\-]* = [^\n]*calls=%?([\w.\-]+)', text)
+  return sum(' convolution(' in bodies.get(c, '') for c in called)
+
+
+def test_xla_fast_cpu_moves_convolutions_off_ynnpack():
+  """config.xla_fast_cpu compiles the train step with YNNPACK for dots and
+  reductions only: no convolution is left in a YNNPACK fusion, and two steps
+  give the default step's state and metrics up to rounding. (Width 16: XLA
+  leaves the test config's 8-channel convolutions off YNNPACK anyway.)"""
+  configs = {}
+  for name in ('default', 'fast'):
+    c = get_config()
+    c.mesh.shape = (1, 1, 1)
+    c.model.frontend.ch = 16
+    c.xla_fast_cpu = name == 'fast'
+    configs[name] = c
+  assert core.train_compiler_options(configs['default']) is None
+  assert core.train_compiler_options(configs['fast']) == core.FAST_CPU_OPTIONS
+  mesh = sharding_lib.make_mesh((1, 1, 1), devices=jax.devices()[:1])
+  results = {}
+  with jax.set_mesh(mesh):
+    trainer, state, sh = steps_lib.create(configs['default'], mesh)
+    data_sh = train_lib.batch_sharding(mesh)
+    batch = jax.device_put(
+        dict(next(image_task.train_iterator(configs['default']))), data_sh)
+    for name, c in configs.items():
+      fn = core.jit_train_step(
+          c, lambda s_, b_: steps_lib.train_step(trainer, s_, b_), sh, data_sh)
+      compiled = fn.lower(state, batch).compile()
+      s = jax.tree.map(lambda a: a.copy(), state)
+      s, m1 = compiled(s, batch)
+      s, m2 = compiled(s, batch)
+      results[name] = (_ynn_convolutions(compiled), jax.device_get((s, m1, m2)))
+  if results['default'][0] == 0:
+    pytest.skip('this XLA runs no convolution through YNNPACK by default')
+  assert results['fast'][0] == 0
+  (s_d, *m_d), (s_f, *m_f) = results['default'][1], results['fast'][1]
+  for a, b in zip(m_d, m_f):
+    for k in ('train/loss', 'train/recon', 'train/d_loss', 'quant/usage'):
+      np.testing.assert_allclose(a[k], b[k], rtol=2e-4, atol=1e-5, err_msg=k)
+  for a, b in zip(jax.tree.leaves(s_d), jax.tree.leaves(s_f)):
     np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-5)
 
 

@@ -44,6 +44,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import numpy as np
 
 from tokenizers_jax import sharding as sharding_lib
+from tokenizers_jax.training import core
 from tokenizers_jax.training import optim
 from tokenizers_jax.training import tasks
 
@@ -257,6 +258,5 @@ def lower_train_step(config, trainer, state, shardings, batch, *,
     return task.train_step(trainer, gather_params(s, mesh) if gather else s,
                            b)
 
-  fn = jax.jit(step, in_shardings=(shardings, batch_sh),
-               out_shardings=(shardings, None), donate_argnums=0)
-  return fn.lower(state, batch)
+  return core.jit_train_step(config, step, shardings, batch_sh).lower(
+      state, batch)

@@ -98,9 +98,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer = metrics_lib.MetricWriter(workdir)
     start = int(jax.device_get(state['step']))
 
-    train_step = jax.jit(lambda s, b: task.train_step(trainer, s, b),
-                         in_shardings=(state_sh, data_sh),
-                         out_shardings=(state_sh, None), donate_argnums=0)
+    train_step = core.jit_train_step(
+        config, lambda s, b: task.train_step(trainer, s, b), state_sh, data_sh)
     logging.info('Training %s from step %d to %d on %d devices (%d processes).',
                  config.model_name, start, config.total_steps,
                  jax.device_count(), jax.process_count())
