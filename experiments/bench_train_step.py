@@ -23,7 +23,11 @@ reconstruction + codebook loss + the adaptive-weight hinge GAN (generator
 and discriminator updates, Adam), no perceptual loss, no EMA, no gradient
 clipping, a plain (non-cosine, no k-means, no restarts) codebook. The two
 steps run in alternating blocks and the ratio taming ms / ours ms is printed
-(> 1: ours is faster). Cases (`--cases`):
+(> 1: ours is faster). Ours runs once per `--modes` entry: 'default' (XLA's
+default options) and 'fast' (`config.xla_fast_cpu`: convolutions off
+YNNPACK, training/core.py), each its own compiled step in the same
+alternation. `--fast_cpu` sets that option for the config bench. Cases
+(`--cases`):
   small   32², ch 64, ch_mult (1, 2, 2), 1 res block, attention at 8², 256
           codes of 32 dims, discriminator ndf 64 / 3 layers, batch 16
   f16     the paper's f16 model (configs/vqgan.py:imagenet_f16), 256², batch 2
@@ -33,6 +37,7 @@ Usage:
   python experiments/bench_train_step.py --vs_taming --cases small,f16
   python experiments/bench_train_step.py --configs tiny --batch 32 --steps 20
   python experiments/bench_train_step.py --configs tiny --bf16
+  python experiments/bench_train_step.py --vs_taming --modes fast --cases f16
   python experiments/bench_train_step.py --options_ab --cases small \
       --options 'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT'
 
@@ -456,7 +461,8 @@ def main(argv=None):
                       help='time XLA compiler option sets (see above)')
   parser.add_argument('--options', default=(
       'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT;'
-      'xla_cpu_use_onednn=true'),
+      'xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT,'
+      'LIBRARY_FUSION_TYPE_REDUCE'),
                       help="--options_ab: ';'-separated option sets")
   args = parser.parse_args(argv)
   if args.options_ab:
