@@ -100,7 +100,8 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool,
   with jax.set_mesh(mesh):
     trainer, state, state_sh = steps_lib.create(config, mesh)
     if use_lpips:
-      trainer = dataclasses.replace(trainer, lpips=LPIPS())
+      trainer = dataclasses.replace(
+          trainer, extras=dict(trainer.extras, lpips=LPIPS()))
       config.loss.perceptual_weight = 1.0
     size = config.data.image_size
     images = np.random.default_rng(0).uniform(
