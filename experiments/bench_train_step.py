@@ -81,11 +81,7 @@ def matmul_peak_gflops(dtype, n: int = 4096, runs: int = 5) -> float:
 def bench_config(variant: str, batch: int, steps: int, bf16: bool,
                  fast_cpu: bool = False) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.losses.perceptual import LPIPS  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax import config_lib  # pylint: disable=g-import-not-at-top
-  from tokenizers_jax.training import core  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   config_path = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
                              'configs', 'vqgan.py')
@@ -97,20 +93,10 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool,
   config.loss.disc_start = 0                # time the full GAN step
   config.xla_fast_cpu = fast_cpu
   mesh = train_lib.make_mesh(config)
+  size = config.data.image_size
   with jax.set_mesh(mesh):
-    trainer, state, state_sh = steps_lib.create(config, mesh)
-    if use_lpips:
-      trainer = dataclasses.replace(
-          trainer, extras=dict(trainer.extras, lpips=LPIPS()))
-      config.loss.perceptual_weight = 1.0
-    size = config.data.image_size
-    images = np.random.default_rng(0).uniform(
-        -1, 1, (batch, size, size, 3)).astype(np.float32)
-    data_sh = train_lib.batch_sharding(mesh)
-    batch_arr = {'image': jax.device_put(images, data_sh)}
-    fn = core.jit_train_step(
-        config, lambda s, b: steps_lib.train_step(trainer, s, b), state_sh,
-        data_sh)
+    state, batch_arr, fn = jit_train_step(
+        config, synthetic_images(batch, size), mesh, random_lpips=use_lpips)
     t0 = time.perf_counter()
     compiled = fn.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
@@ -132,7 +118,6 @@ def bench_config(variant: str, batch: int, steps: int, bf16: bool,
   step_s = float(np.median(times))
   num_params = sum(int(np.prod(x.shape)) for x in
                    jax.tree.leaves(state['gen']['params']))
-  del jnp
   return {
       'config': variant + (',bf16' if bf16 else '')
                 + (' (xla_fast_cpu)' if fast_cpu else ''),
@@ -194,30 +179,48 @@ def matched_config(case: str):
   return c
 
 
+def synthetic_images(batch: int, size: int) -> np.ndarray:
+  """[batch, size, size, 3] uniform in [-1, 1], seed 0."""
+  return np.random.default_rng(0).uniform(
+      -1, 1, (batch, size, size, 3)).astype(np.float32)
+
+
 def case_inputs(case: str):
   """A `VS_TAMING` case's config, its synthetic images [B, H, W, 3] and mesh."""
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   config = matched_config(case)
-  batch, size = config.data.global_batch_size, config.data.image_size
-  images = np.random.default_rng(0).uniform(
-      -1, 1, (batch, size, size, 3)).astype(np.float32)
+  images = synthetic_images(config.data.global_batch_size,
+                            config.data.image_size)
   return config, images, train_lib.make_mesh(config)
 
 
-def lower_train_step(config, images: np.ndarray, mesh):
+def jit_train_step(config, images: np.ndarray, mesh, *,
+                   random_lpips: bool = False):
   """Inside `jax.set_mesh(mesh)`: the initial state, the batch and our train
-  step lowered as `train.py` jits it (state shardings, donated state, the
-  XLA options of `config.xla_fast_cpu`)."""
+  step jitted as `train.py` jits it (state shardings, donated state, the XLA
+  options of `config.xla_fast_cpu`). With `random_lpips`, the step includes
+  LPIPS (weight 1) with random weights (no weights ship; same FLOPs)."""
   import jax  # pylint: disable=g-import-not-at-top
+  from tokenizers_jax.losses.perceptual import LPIPS  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import core  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import steps as steps_lib  # pylint: disable=g-import-not-at-top
   from tokenizers_jax.training import train as train_lib  # pylint: disable=g-import-not-at-top
   trainer, state, state_sh = steps_lib.create(config, mesh)
+  if random_lpips:
+    trainer = dataclasses.replace(
+        trainer, extras=dict(trainer.extras, lpips=LPIPS()))
+    config.loss.perceptual_weight = 1.0
   data_sh = train_lib.batch_sharding(mesh)
   batch_arr = {'image': jax.device_put(images, data_sh)}
   fn = core.jit_train_step(
       config, lambda s, b: steps_lib.train_step(trainer, s, b), state_sh,
       data_sh)
+  return state, batch_arr, fn
+
+
+def lower_train_step(config, images: np.ndarray, mesh):
+  """`jit_train_step`'s state, batch and the step lowered for them."""
+  state, batch_arr, fn = jit_train_step(config, images, mesh)
   return state, batch_arr, fn.lower(state, batch_arr)
 
 

@@ -559,8 +559,8 @@ def batch_sharding(mesh, config=None) -> NamedSharding:
 # XLA:CPU (jax 0.10) runs convolutions, reductions and elementwise ops as
 # YNNPACK fusions by default. `config.xla_fast_cpu` compiles the train step
 # with YNNPACK kept for dots and reductions only, so that convolutions run
-# on XLA's own kernels: 1.4x (32² tiny-size model) to 2.3x (256² f16) faster
-# on a 2-core CPU (README, "Train step"), with other rounding in the last
+# on XLA's own kernels: 1.3x (32², ch 64) to 2x (256² f16) faster train
+# steps on a 2-core CPU (README, "Train step"), with other rounding in the last
 # bits. A run is deterministic (and resumes bitwise) under either setting,
 # not across the two.
 FAST_CPU_OPTIONS = {'xla_cpu_experimental_ynn_fusion_type':
