@@ -23,10 +23,17 @@ reconstruction + codebook loss + the adaptive-weight hinge GAN (generator
 and discriminator updates, Adam), no perceptual loss, no EMA, no gradient
 clipping, a plain (non-cosine, no k-means, no restarts) codebook. The two
 steps run in alternating blocks and the ratio taming ms / ours ms is printed
-(> 1: ours is faster). Ours runs once per `--modes` entry: 'default' (XLA's
-default options) and 'fast' (`config.xla_fast_cpu`: convolutions off
-YNNPACK, training/core.py), each its own compiled step in the same
-alternation. `--fast_cpu` sets that option for the config bench. Cases
+(> 1: ours is faster). Ours runs once per `--modes` entry (`MODES`):
+'default' (XLA's default options), 'fast' (`config.xla_fast_cpu`:
+convolutions off YNNPACK, training/core.py) and 'fastest' ('fast' plus the
+exact reformulations XLA:CPU runs faster: the decoder's upsampling as
+sub-pixel convs, `model.frontend.upsample='subpixel'`, GroupNorm statistics
+per channel first, `model.frontend.group_norm='channel_sums'` (nn/norm.py),
+and the
+discriminator's stride-2 convs on the space-to-depth input,
+`disc.strided_conv='space_to_depth'`; nn/conv.py), each its own compiled
+step in the same alternation. `--fast_cpu` sets `config.xla_fast_cpu` for
+the config bench. Cases
 (`--cases`):
   small   32², ch 64, ch_mult (1, 2, 2), 1 res block, attention at 8², 256
           codes of 32 dims, discriminator ndf 64 / 3 layers, batch 16
@@ -145,6 +152,30 @@ VS_TAMING = {
                            num_groups=32), 16, (256, 32), (64, 3)),
     'f16': ('imagenet_f16', {}, 2, (1024, 256), (64, 3)),
 }
+
+
+# --vs_taming modes: the config entries each sets (the others at defaults).
+MODES = {
+    'default': {},
+    'fast': {'xla_fast_cpu': True},
+    'fastest': {'xla_fast_cpu': True, 'model.frontend.upsample': 'subpixel',
+                'model.frontend.group_norm': 'channel_sums',
+                'disc.strided_conv': 'space_to_depth'},
+}
+_MODE_DEFAULTS = {'xla_fast_cpu': False, 'model.frontend.upsample': 'repeat',
+                  'model.frontend.group_norm': 'flax',
+                  'disc.strided_conv': 'direct'}
+
+
+def apply_mode(config, mode: str) -> None:
+  """Sets the `MODES[mode]` entries of `config` (in place), the rest of
+  `_MODE_DEFAULTS` to their defaults."""
+  for key, default in _MODE_DEFAULTS.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = MODES[mode].get(key, default)
 
 
 def matched_config(case: str):
@@ -277,8 +308,8 @@ def taming_step(config, images: np.ndarray):
 
 def vs_taming(case: str, blocks: int, steps_per_block: int,
               modes: tuple[str, ...] = ('default', 'fast')) -> dict:
-  """Our step of `case` under each mode ('default': XLA's defaults; 'fast':
-  `config.xla_fast_cpu`) and taming's, in alternating blocks; medians."""
+  """Our step of `case` under each of `MODES` and taming's, in alternating
+  blocks; medians."""
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   config, images, mesh = case_inputs(case)
@@ -286,7 +317,7 @@ def vs_taming(case: str, blocks: int, steps_per_block: int,
   runners, compile_s = {}, {}
   with jax.set_mesh(mesh):
     for mode in modes:
-      config.xla_fast_cpu = mode == 'fast'
+      apply_mode(config, mode)
       state, batch_arr, lowered = lower_train_step(config, images, mesh)
       t0 = time.perf_counter()
       compiled = lowered.compile()
@@ -409,14 +440,15 @@ def main_vs_taming(args):
   from bench_quantizers import cpu_model  # pylint: disable=g-import-not-at-top
   dev = jax.devices()[0]
   modes = tuple(m for m in args.modes.split(',') if m)
-  if not modes or set(modes) - {'default', 'fast'}:
-    raise SystemExit(f"--modes: 'default' and/or 'fast', not {args.modes!r}")
+  if not modes or set(modes) - set(MODES):
+    raise SystemExit(f'--modes: some of {sorted(MODES)}, not {args.modes!r}')
   print(f'# {cpu_model() if dev.platform == "cpu" else dev.device_kind}, '
         f'jax {jax.__version__} ({jax.device_count()} {dev.platform} '
         f'device(s)), torch {torch.__version__} '
         f'({torch.get_num_threads()} threads); XLA_FLAGS='
         f'{os.environ.get("XLA_FLAGS", "")!r}; medians over {args.blocks} '
-        f'alternating blocks of {args.steps} steps; fast = config.xla_fast_cpu')
+        f'alternating blocks of {args.steps} steps; modes: '
+        + '; '.join(f'{m} = {MODES[m] or "defaults"}' for m in modes))
   rows = []
   for case in args.cases.split(','):
     if case not in VS_TAMING:
@@ -457,8 +489,8 @@ def main(argv=None):
   parser.add_argument('--blocks', type=int, default=3,
                       help='--vs_taming: alternating blocks')
   parser.add_argument('--modes', default='default,fast',
-                      help="--vs_taming: our step under XLA's defaults "
-                           "and/or config.xla_fast_cpu ('default,fast')")
+                      help='--vs_taming: our step under these of MODES '
+                           "('default,fast,fastest')")
   parser.add_argument('--fast_cpu', action='store_true',
                       help='config bench: config.xla_fast_cpu=True')
   parser.add_argument('--options_ab', action='store_true',

@@ -248,7 +248,8 @@ class GroupCountTest(parameterized.TestCase):
 
 class ImageFrontEndTest(parameterized.TestCase):
 
-  def test_encoder_decoder_match_pytorch(self):
+  @parameterized.parameters(('repeat', 'flax'), ('subpixel', 'channel_sums'))
+  def test_encoder_decoder_match_pytorch(self, upsample, group_norm):
     torch.manual_seed(0)
     tenc, tdec = TorchEncoder(**PARITY).eval(), TorchDecoder(**PARITY).eval()
     # Non-trivial norm affines, so their copy is checked too.
@@ -256,7 +257,12 @@ class ImageFrontEndTest(parameterized.TestCase):
       if isinstance(m, nn.GroupNorm):
         nn.init.normal_(m.weight, 1.0, 0.2)
         nn.init.normal_(m.bias, 0.0, 0.2)
-    fe = _build(PARITY, seed=1)
+    fe = _build(dict(PARITY, upsample=upsample, group_norm=group_norm),
+                seed=1)
+    self.assertEqual({l['upsample'].mode for l in fe.decoder.up[1:]},
+                     {upsample})
+    self.assertEqual(type(fe.encoder.norm_out) is nnx.GroupNorm,
+                     group_norm == 'flax')
     n_enc = _copy_torch_into_flax(tenc, fe.encoder)
     n_dec = _copy_torch_into_flax(tdec, fe.decoder)
     self.assertGreater(n_enc, 30)
@@ -375,6 +381,10 @@ class ImageFrontEndTest(parameterized.TestCase):
       image_lib.ImageConfig(ch_mult=(1, 2, 2), resolution=30)
     with self.assertRaisesRegex(ValueError, 'ch_mult'):
       image_lib.ImageConfig(ch_mult=())
+    with self.assertRaisesRegex(ValueError, 'Unknown upsample'):
+      image_lib.ImageConfig(upsample='bilinear')
+    with self.assertRaisesRegex(ValueError, 'Unknown group_norm'):
+      image_lib.ImageConfig(group_norm='welford')
 
   def test_real_init(self):
     # Whole front ends are built abstractly above; the initializers run here.

@@ -89,8 +89,9 @@ def _nhwc(t):
 class NLayerDiscriminatorTest(parameterized.TestCase):
 
   @parameterized.parameters(('batch', False), ('batch', True),
-                            ('group', False), ('none', False))
-  def test_matches_pytorch(self, norm, train):
+                            ('group', False), ('none', False),
+                            ('batch', True, 'space_to_depth'))
+  def test_matches_pytorch(self, norm, train, strided_conv='direct'):
     torch.manual_seed(0)
     tmodel = TorchPatchGAN(NDF, N_LAYERS, norm)
     for m in tmodel.modules():
@@ -104,7 +105,7 @@ class NLayerDiscriminatorTest(parameterized.TestCase):
                 if isinstance(m, nn.BatchNorm2d)]
     old_var = [m.running_var.clone() for m in tmodel.norms
                if isinstance(m, nn.BatchNorm2d)]
-    fmodel = _build(norm)
+    fmodel = _build(norm, strided_conv=strided_conv)
     _copy(tmodel, fmodel)
 
     x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3))
@@ -165,6 +166,8 @@ class NLayerDiscriminatorTest(parameterized.TestCase):
   def test_errors(self):
     with self.assertRaisesRegex(ValueError, 'Unknown norm'):
       disc_lib.NLayerDiscriminator(norm='instance', rngs=nnx.Rngs(0))
+    with self.assertRaisesRegex(ValueError, 'Unknown strided_conv'):
+      disc_lib.NLayerDiscriminator(strided_conv='fft', rngs=nnx.Rngs(0))
     model = nnx.eval_shape(lambda: _build('none'))
     with self.assertRaisesRegex(ValueError, r'\[B, H, W, 3\]'):
       jax.eval_shape(lambda m, x: m(x), model,
