@@ -65,4 +65,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   if args.fsq:
     c.quantizer = ml_collections.ConfigDict(
         dict(name='fsq', levels=(8, 5, 5, 5)), type_safe=False)
+  # Exact fast forms for XLA:CPU (the same parameters and function, other
+  # rounding; off so that recorded runs replay bitwise): 'subpixel',
+  # 'channel_sums', 'space_to_depth'. README, "Train step (CPU)".
+  c.model.frontend.upsample = 'repeat'
+  c.model.frontend.group_norm = 'flax'
+  c.disc.strided_conv = 'direct'
   return config_lib.apply_modifiers(c, args)
