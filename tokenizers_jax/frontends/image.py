@@ -70,6 +70,12 @@ def _conv(in_ch: int, out_ch: int, kernel: int, *, stride: int = 1,
 
 
 GROUP_NORMS = ('flax', 'channel_sums')
+UPSAMPLE_MODES = ('repeat', 'subpixel')
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f'Unknown {name} {value!r}; expected one of {choices}.')
 
 
 def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,
@@ -77,9 +83,7 @@ def _norm(channels: int, num_groups: int, *, dtype: Dtype, param_dtype: Dtype,
   """GroupNorm: `nnx.GroupNorm` ('flax') or `nn.norm.GroupNorm`
   ('channel_sums': the same variables and function, statistics summed per
   channel first, faster on XLA:CPU)."""
-  if group_norm not in GROUP_NORMS:
-    raise ValueError(f'Unknown group_norm {group_norm!r}; expected one of '
-                     f'{GROUP_NORMS}.')
+  _check_choice('group_norm', group_norm, GROUP_NORMS)
   cls = norm_lib.GroupNorm if group_norm == 'channel_sums' else nnx.GroupNorm
   return cls(
       channels, num_groups=group_count(channels, num_groups),
@@ -159,9 +163,6 @@ class Downsample(nnx.Module):
     return self.conv(x)
 
 
-UPSAMPLE_MODES = ('repeat', 'subpixel')
-
-
 class Upsample(nnx.Module):
   """Nearest-neighbour 2x upsampling followed by a 3x3 conv.
 
@@ -175,9 +176,7 @@ class Upsample(nnx.Module):
   def __init__(self, channels: int, *, mode: str = 'repeat',
                dtype: Dtype = jnp.float32,
                param_dtype: Dtype = jnp.float32, rngs: nnx.Rngs):
-    if mode not in UPSAMPLE_MODES:
-      raise ValueError(
-          f'Unknown upsample mode {mode!r}; expected one of {UPSAMPLE_MODES}.')
+    _check_choice('upsample', mode, UPSAMPLE_MODES)
     self.mode = mode
     self.conv = _conv(channels, channels, 3, dtype=dtype,
                       param_dtype=param_dtype, rngs=rngs)
@@ -219,12 +218,8 @@ class ImageConfig(LevelConfigMixin):
     self._check_levels()
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f'dropout must be in [0, 1): {self.dropout}.')
-    if self.upsample not in UPSAMPLE_MODES:
-      raise ValueError(f'Unknown upsample {self.upsample!r}; expected one '
-                       f'of {UPSAMPLE_MODES}.')
-    if self.group_norm not in GROUP_NORMS:
-      raise ValueError(f'Unknown group_norm {self.group_norm!r}; expected '
-                       f'one of {GROUP_NORMS}.')
+    _check_choice('upsample', self.upsample, UPSAMPLE_MODES)
+    _check_choice('group_norm', self.group_norm, GROUP_NORMS)
     self._check_resolution()
 
   def level_resolution(self, level: int) -> int:

@@ -82,6 +82,21 @@ def _conv_small_bwd(padding, precision, res, g):
 _conv_small.defvjp(_conv_small_fwd, _conv_small_bwd)
 
 
+def _plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation,
+                dimension_numbers, feature_group_count, kwargs) -> bool:
+  """Whether a `jax.lax.conv_general_dilated` call is a plain 2D NHWC x HWIO
+  convolution with explicit padding: undilated, ungrouped, no preferred
+  element type or output sharding (the calls this module may rewrite)."""
+  return (lhs.ndim == 4 and not isinstance(padding, str)
+          and not kwargs.get('preferred_element_type')
+          and kwargs.get('out_sharding') is None
+          and feature_group_count == 1
+          and all(d is None or tuple(d) == (1, 1)
+                  for d in (lhs_dilation, rhs_dilation))
+          and dimension_numbers == jax.lax.conv_dimension_numbers(
+              lhs.shape, rhs.shape, _DIMS))
+
+
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None,
                          feature_group_count=1, precision=None, **kwargs):
@@ -90,13 +105,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
   NHWC stride-1 convolution whose input is no larger than its kernel and
   whose padding is at most kernel - 1."""
   plain = (lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count)
-  if (lhs.ndim == 4 and not isinstance(padding, str) and not kwargs.get(
-      'preferred_element_type') and kwargs.get('out_sharding') is None
-      and feature_group_count == 1
-      and all(d is None or tuple(d) == (1, 1)
-              for d in (lhs_dilation, rhs_dilation))
-      and dimension_numbers == jax.lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, _DIMS)
+  if (_plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation,
+                  dimension_numbers, feature_group_count, kwargs)
       and needs_small_input_grad(lhs.shape, rhs.shape, window_strides)):
     pad = tuple(tuple(int(v) for v in p) for p in padding)
     k = rhs.shape[:2]
@@ -156,15 +166,10 @@ def conv_general_dilated_s2d(lhs, rhs, window_strides, padding,
                              dimension_numbers=None, feature_group_count=1,
                              precision=None, **kwargs):
   """`conv_general_dilated` with `space_to_depth_conv` for the stride-2
-  convolutions it applies to (`s2d_applies`; a plain, undilated, ungrouped
-  NHWC convolution); every other convolution as `conv_general_dilated`."""
-  if (lhs.ndim == 4 and feature_group_count == 1
-      and not kwargs.get('preferred_element_type')
-      and kwargs.get('out_sharding') is None
-      and all(d is None or tuple(d) == (1, 1)
-              for d in (lhs_dilation, rhs_dilation))
-      and dimension_numbers == jax.lax.conv_dimension_numbers(
-          lhs.shape, rhs.shape, _DIMS)
+  convolutions it applies to (`_plain_nhwc` and `s2d_applies`); every other
+  convolution as `conv_general_dilated`."""
+  if (_plain_nhwc(lhs, rhs, padding, lhs_dilation, rhs_dilation,
+                  dimension_numbers, feature_group_count, kwargs)
       and s2d_applies(lhs.shape, rhs.shape, window_strides, padding)):
     return space_to_depth_conv(lhs, rhs, padding, precision)
   return conv_general_dilated(lhs, rhs, window_strides, padding,
